@@ -1,0 +1,295 @@
+/*
+ * px — a portable proactor library.
+ *
+ * A program submits operations and is told when each one has completed.
+ * Every submit call returns 0 (the op is accepted and its callback will run
+ * exactly once) or a negative PX_E* code (the op was not accepted and its
+ * callback never runs).  One loop belongs to one thread; only px_post() and
+ * px_loop_wakeup() may be called from other threads.
+ *
+ * Field markings: [public] set by you, [read-only] read it after completion,
+ * [private] px's own, do not touch.
+ */
+#ifndef PX_H
+#define PX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(PX_SHARED_BUILD)
+#define PX_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define PX_API __attribute__((visibility("default")))
+#else
+#define PX_API
+#endif
+
+#define PX_VERSION_MAJOR 0
+#define PX_VERSION_MINOR 1
+
+/* ---- Errors: the same numbers on every backend and platform. ---------- */
+
+#define PX_EPERM (-1)
+#define PX_ENOENT (-2)
+#define PX_EINTR (-4)
+#define PX_EIO (-5)
+#define PX_EBADF (-9)
+#define PX_EAGAIN (-11)
+#define PX_ENOMEM (-12)
+#define PX_EACCES (-13)
+#define PX_EFAULT (-14)
+#define PX_EBUSY (-16)
+#define PX_EEXIST (-17)
+#define PX_ENOTDIR (-20)
+#define PX_EISDIR (-21)
+#define PX_EINVAL (-22)
+#define PX_EMFILE (-24)
+#define PX_ENOSPC (-28)
+#define PX_ESPIPE (-29)
+#define PX_EPIPE (-32)
+#define PX_ENAMETOOLONG (-36)
+#define PX_ENOSYS (-38)
+#define PX_ENOTSOCK (-88)
+#define PX_EMSGSIZE (-90)
+#define PX_EOPNOTSUPP (-95)
+#define PX_EAFNOSUPPORT (-97)
+#define PX_EADDRINUSE (-98)
+#define PX_EADDRNOTAVAIL (-99)
+#define PX_ENETDOWN (-100)
+#define PX_ENETUNREACH (-101)
+#define PX_ECONNABORTED (-103)
+#define PX_ECONNRESET (-104)
+#define PX_ENOBUFS (-105)
+#define PX_EISCONN (-106)
+#define PX_ENOTCONN (-107)
+#define PX_ESHUTDOWN (-108)
+#define PX_ETIMEDOUT (-110)
+#define PX_ECONNREFUSED (-111)
+#define PX_EHOSTUNREACH (-113)
+#define PX_EALREADY (-114)
+#define PX_ECANCELED (-125)
+#define PX_EUNKNOWN (-4094)
+
+/* A short English description of a PX_E* code (or "success" for >= 0). */
+PX_API const char *px_strerror(int code);
+
+/* ---- Handles, buffers, addresses. -------------------------------------- */
+
+/* Wide enough for a POSIX descriptor, a SOCKET and a HANDLE. */
+typedef intptr_t px_fd;
+#define PX_INVALID_FD ((px_fd)-1)
+
+/* Offset meaning "stream / current file position" for px_read and friends. */
+#define PX_CUR ((int64_t)-1)
+
+/* Layout-compatible with struct iovec on POSIX. */
+typedef struct px_iov {
+  void *base;
+  size_t len;
+} px_iov;
+
+/* A socket address big enough for IPv4 and IPv6, without platform headers. */
+typedef struct px_addr {
+  uint32_t len;          /* [read-only] bytes used in storage */
+  uint64_t storage[16];  /* [private] a struct sockaddr_* */
+} px_addr;
+
+/* ---- Loop and op. ------------------------------------------------------- */
+
+typedef struct px_loop px_loop;
+typedef struct px_op px_op;
+typedef void (*px_cb)(px_loop *loop, px_op *op);
+
+/*
+ * A caller-owned operation.  Zero it (or call px_op_init) before first use;
+ * afterwards it can be resubmitted as soon as its callback starts (or as soon
+ * as px_wait handed it back).  From submission until then it and its buffer
+ * belong to px.  sizeof(px_op) is 128 bytes on every platform.
+ */
+struct px_op {
+  px_cb cb;       /* [public] set by the submit call; may be NULL with px_wait */
+  void *data;     /* [public] set by the submit call; yours */
+  int32_t result; /* [read-only] >= 0 success (bytes moved), < 0 a PX_E* code */
+  uint8_t kind;   /* [private] */
+  uint8_t state;  /* [private] */
+  uint16_t flags; /* [private] */
+  uint32_t len;   /* [private] */
+  uint32_t heap;  /* [private] timer heap slot */
+  px_op *next;    /* [private] intrusive list link */
+  px_fd fd;       /* [private] */
+  void *buf;      /* [private] buffer, iovec, address or cancel target */
+  int64_t off;    /* [private] offset; accepted handle after completion */
+  int64_t when;   /* [private] deadline or timer expiry */
+  uint64_t backend[7]; /* [private] backend state (an OVERLAPPED on Windows) */
+};
+
+typedef struct px_loop_opts {
+  uint32_t entries; /* submission queue size hint; 0 = 256 */
+  uint32_t flags;   /* reserved, 0 */
+} px_loop_opts;
+
+/* Capabilities a backend has natively (px_loop_caps). */
+#define PX_CAP_FILE_ASYNC 0x1u      /* file I/O is asynchronous in the kernel */
+#define PX_CAP_KERNEL_DEADLINE 0x2u /* deadlines are kernel timers */
+#define PX_CAP_MULTISHOT 0x4u       /* one submission, many completions */
+#define PX_CAP_BUF_SELECT 0x8u      /* buffer chosen when data arrives */
+
+PX_API int px_loop_new(px_loop **loop, const px_loop_opts *opts);
+/*
+ * Frees the loop.  Every op still in flight completes first: its callback
+ * runs with PX_ECANCELED (or with its real result if it had already finished)
+ * before px_loop_free returns; submissions from those callbacks are refused
+ * with PX_ESHUTDOWN.  Returns 0, or PX_EBUSY when called from inside a
+ * callback of this loop (nothing is freed then).
+ */
+PX_API int px_loop_free(px_loop *loop);
+PX_API const char *px_loop_backend_name(const px_loop *loop);
+PX_API unsigned px_loop_caps(const px_loop *loop);
+
+static inline void px_op_init(px_op *op) {
+  *op = (px_op){0};
+}
+/* Completes the next submission of op with PX_ETIMEDOUT if it has not
+ * finished within ms milliseconds.  Applies to one submission. */
+PX_API int px_op_deadline(px_op *op, uint64_t ms);
+/* The handle produced by a completed px_accept. */
+PX_API px_fd px_op_fd(const px_op *op);
+
+/* ---- Submission. ------------------------------------------------------- */
+
+/* Files: off is a byte offset, or PX_CUR for a stream / the current position.
+ * Pipes and sockets take PX_CUR. */
+PX_API int px_read(px_loop *loop, px_op *op, px_fd fd, void *buf, size_t len,
+                   int64_t off, px_cb cb, void *data);
+PX_API int px_write(px_loop *loop, px_op *op, px_fd fd, const void *buf,
+                    size_t len, int64_t off, px_cb cb, void *data);
+/* The iovec array must stay valid until the op completes. */
+PX_API int px_readv(px_loop *loop, px_op *op, px_fd fd, const px_iov *iov,
+                    int iovcnt, int64_t off, px_cb cb, void *data);
+PX_API int px_writev(px_loop *loop, px_op *op, px_fd fd, const px_iov *iov,
+                     int iovcnt, int64_t off, px_cb cb, void *data);
+PX_API int px_recv(px_loop *loop, px_op *op, px_fd fd, void *buf, size_t len,
+                   px_cb cb, void *data);
+/* Never raises SIGPIPE: a closed peer gives PX_EPIPE (or PX_ECONNRESET). */
+PX_API int px_send(px_loop *loop, px_op *op, px_fd fd, const void *buf,
+                   size_t len, px_cb cb, void *data);
+/* result 0 on success; the new handle is px_op_fd(op), already usable. */
+PX_API int px_accept(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data);
+/* addr must stay valid until the op completes. */
+PX_API int px_connect(px_loop *loop, px_op *op, px_fd fd, const px_addr *addr,
+                      px_cb cb, void *data);
+/* Ops pending on fd complete with PX_ECANCELED before the close completes;
+ * the handle is unusable from this call on. */
+PX_API int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data);
+#define PX_FSYNC_DATA 0x1u /* fdatasync: data only */
+PX_API int px_fsync(px_loop *loop, px_op *op, px_fd fd, unsigned flags,
+                    px_cb cb, void *data);
+/* Completes with 0 after ms milliseconds (PX_ECANCELED if cancelled). */
+PX_API int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb,
+                      void *data);
+/* Asks target to complete early.  The cancel op completes with 0 when the
+ * request reached target (which then completes with PX_ECANCELED, or its own
+ * result if it finished first), PX_ENOENT if target was not in flight,
+ * PX_EALREADY if it is past the point of cancellation. */
+PX_API int px_cancel(px_loop *loop, px_op *op, px_op *target, px_cb cb,
+                     void *data);
+PX_API int px_nop(px_loop *loop, px_op *op, px_cb cb, void *data);
+
+/* ---- Running. --------------------------------------------------------- */
+
+typedef enum px_run_mode {
+  PX_RUN_DEFAULT = 0, /* until no op is in flight, or px_stop */
+  PX_RUN_ONCE = 1,    /* wait for completions once, dispatch them, return */
+  PX_RUN_NOWAIT = 2   /* dispatch what has completed, never block */
+} px_run_mode;
+
+/* Returns 0 when no op is left in flight, 1 when ops are still in flight
+ * (stopped, or ONCE/NOWAIT returned), or a negative PX_E* code. */
+PX_API int px_run(px_loop *loop, px_run_mode mode);
+/* Makes px_run return after the callbacks of the current iteration. */
+PX_API void px_stop(px_loop *loop);
+/*
+ * Pull instead of push (GetQueuedCompletionStatusEx style): waits up to
+ * timeout_ms (-1 forever, 0 not at all) for completed ops and stores up to
+ * max of them in out, without calling their callbacks.  Returns how many
+ * (0 on timeout or wakeup) or a negative PX_E* code.
+ */
+PX_API int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms);
+
+/* Thread-safe: op completes on the loop's thread with result 0. */
+PX_API int px_post(px_loop *loop, px_op *op, px_cb cb, void *data);
+/* Thread-safe: a blocked px_run/px_wait returns to its caller's loop once. */
+PX_API void px_loop_wakeup(px_loop *loop);
+
+/* ---- Statistics. ------------------------------------------------------ */
+
+typedef struct px_stats {
+  uint64_t submitted; /* submissions accepted */
+  uint64_t completed; /* callbacks started or ops handed back by px_wait */
+  uint64_t failed;    /* completed with a result < 0 other than canceled */
+  uint64_t cancelled; /* completed with PX_ECANCELED */
+  uint64_t in_flight; /* accepted and not yet completed */
+} px_stats;
+
+PX_API void px_loop_stats(const px_loop *loop, px_stats *out);
+
+/* ---- Handles.  All return 0 or a negative PX_E* code. ------------------ */
+
+/* Numeric IPv4 or IPv6 address (no name lookup: it would block). */
+PX_API int px_addr_set(px_addr *addr, const char *ip, int port);
+PX_API int px_addr_port(const px_addr *addr);
+PX_API int px_addr_local(px_fd fd, px_addr *addr);
+PX_API int px_addr_peer(px_fd fd, px_addr *addr);
+
+/* A listening TCP socket (SO_REUSEADDR; port 0 picks one). */
+PX_API int px_tcp_listen(px_loop *loop, const char *ip, int port, int backlog,
+                         px_fd *out);
+/* Same, with SO_REUSEPORT where the platform has it (one per loop). */
+#define PX_LISTEN_REUSEPORT 0x1u
+PX_API int px_tcp_listen_ex(px_loop *loop, const char *ip, int port,
+                            int backlog, unsigned flags, px_fd *out);
+/* An unconnected TCP socket of addr's family, ready for px_connect. */
+PX_API int px_tcp_socket(px_loop *loop, const px_addr *addr, px_fd *out);
+PX_API int px_tcp_nodelay(px_fd fd, int on);
+/* A connected pair of stream sockets (tests, wakeups, in-process channels). */
+PX_API int px_socketpair(px_loop *loop, px_fd out[2]);
+/* A pipe: out[0] reads, out[1] writes. */
+PX_API int px_pipe(px_loop *loop, px_fd out[2]);
+
+#define PX_O_RDONLY 0x00u
+#define PX_O_WRONLY 0x01u
+#define PX_O_RDWR 0x02u
+#define PX_O_CREAT 0x10u
+#define PX_O_TRUNC 0x20u
+#define PX_O_EXCL 0x40u
+#define PX_O_APPEND 0x80u
+#define PX_O_DIRECT 0x100u /* bypass the page cache where supported */
+PX_API int px_file_open(px_loop *loop, const char *path, unsigned flags,
+                        int mode, px_fd *out);
+/* Makes a handle created elsewhere usable with this loop. */
+PX_API int px_adopt(px_loop *loop, px_fd fd);
+/* Closes a handle now, outside any op.  Refused with PX_EBUSY while ops on it
+ * are in flight (use px_close).  loop may be NULL for a handle px never saw. */
+PX_API int px_fd_close(px_loop *loop, px_fd fd);
+/* Closes a TCP connection with a reset (SO_LINGER 0) instead of a FIN. */
+PX_API int px_fd_close_reset(px_loop *loop, px_fd fd);
+/* Shut down the write side (sends a FIN). */
+PX_API int px_shutdown_write(px_fd fd);
+
+/* ---- Allocation. ------------------------------------------------------ */
+
+/* Replace the allocator px uses (only at setup, never on the submit or
+ * completion path in steady state).  Call before creating any loop. */
+typedef void *(*px_malloc_fn)(size_t size);
+typedef void *(*px_realloc_fn)(void *ptr, size_t size);
+typedef void (*px_free_fn)(void *ptr);
+PX_API int px_replace_allocator(px_malloc_fn m, px_realloc_fn r, px_free_fn f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PX_H */
