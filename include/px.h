@@ -94,8 +94,8 @@ typedef struct px_iov {
 
 /* A socket address big enough for IPv4 and IPv6, without platform headers. */
 typedef struct px_addr {
-  uint32_t len;          /* [read-only] bytes used in storage */
-  uint64_t storage[16];  /* [private] a struct sockaddr_* */
+  uint32_t len;         /* [read-only] bytes used in storage */
+  uint64_t storage[16]; /* [private] a struct sockaddr_* */
 } px_addr;
 
 /* ---- Loop and op. ------------------------------------------------------- */
@@ -111,8 +111,8 @@ typedef void (*px_cb)(px_loop *loop, px_op *op);
  * belong to px.  sizeof(px_op) is 128 bytes on every platform.
  */
 struct px_op {
-  px_cb cb;       /* [public] set by the submit call; may be NULL with px_wait */
-  void *data;     /* [public] set by the submit call; yours */
+  px_cb cb;   /* [public] set by the submit call; may be NULL with px_wait */
+  void *data; /* [public] set by the submit call; yours */
   int32_t result; /* [read-only] >= 0 success (bytes moved), < 0 a PX_E* code */
   uint8_t kind;   /* [private] */
   uint8_t state;  /* [private] */

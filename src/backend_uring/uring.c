@@ -1,0 +1,509 @@
+/*
+ * uring — the io_uring backend, through liburing.
+ *
+ * Notes on io_uring that explain the odd-looking parts of this file:
+ *
+ * - Ring flags.  SINGLE_ISSUER|DEFER_TASKRUN (6.1+) makes completions run as
+ *   task work only when the loop asks for events, which is cheaper and
+ *   keeps them on the loop's thread.  SINGLE_ISSUER binds the ring to the
+ *   first task that submits; a loop is often created on one thread and run
+ *   on another, so the ring starts R_DISABLED and is enabled by the first
+ *   thread that enters it.  Older kernels refuse these flags with EINVAL:
+ *   then COOP_TASKRUN, then no flags at all.
+ * - Batching.  Submit calls only fill SQEs; the one io_uring_enter per loop
+ *   iteration submits them and waits (EXT_ARG carries the timeout, so the
+ *   wait needs no timeout SQE).
+ * - SQ full.  An op that finds no SQE waits on an intrusive overflow list
+ *   (op->next, no allocation) and is moved into the SQ at the next
+ *   iteration, submitting as often as needed to make room.  An op with a
+ *   deadline needs two adjacent SQEs.
+ * - CQ overflow.  With IORING_FEAT_NODROP the kernel keeps completions that
+ *   did not fit and io_uring_enter may answer EBUSY until they are reaped;
+ *   the reaper drains and asks for events again while the ring reports an
+ *   overflow, so nothing is lost however small the CQ.
+ * - Reaping copies each CQE out and advances the CQ before dispatching it,
+ *   because handling a completion may start the next op of the handle.
+ * - Deadlines are linked timeouts with IORING_TIMEOUT_ABS on the monotonic
+ *   clock (px__now_ns's).  A linked pair gives two CQEs in either order: the
+ *   op's (-ECANCELED when the timer fired) and the timer's (-ETIME when it
+ *   fired).  The op completes when both arrived, as PX_ETIMEDOUT if the
+ *   timer fired and the op did not succeed.
+ * - Cancellation matches user_data (the op's address); px_close asks for
+ *   IORING_ASYNC_CANCEL_FD|ALL, px_loop_free for ASYNC_CANCEL_ANY|ALL.  An op
+ *   still on the overflow list is not in the kernel: it is completed here.
+ * - Wakeups: an eventfd read stays armed in the ring; px_post writes the
+ *   eventfd.  The eventfd is blocking, because io_uring hands EAGAIN back
+ *   for a read on an O_NONBLOCK file instead of waiting for it.  The same
+ *   holds for pipes, so adopt() clears O_NONBLOCK.
+ * - send() runs with MSG_NOSIGNAL: no SIGPIPE, PX_EPIPE instead.
+ * - io_uring does not order two requests on one socket; the core queues
+ *   stream ops so that at most one per direction reaches this file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+
+/* user_data: an op's address, with a tag in the low bits. */
+#define PX__UD_OP 0u
+#define PX__UD_TIMER 1u  /* the linked timeout of an op */
+#define PX__UD_WAKE 2u   /* the eventfd read */
+#define PX__UD_IGNORE 3u /* internal cancels */
+#define PX__UD_TAGS 7u
+
+typedef struct px__uring {
+  struct io_uring ring;
+  int wake_fd;
+  uint64_t wake_buf;
+  bool enabled; /* created R_DISABLED and not enabled yet: false */
+  bool stopping;
+  bool wake_armed;            /* the eventfd read is in the ring */
+  px_op *ovf_head, *ovf_tail; /* ops waiting for an SQE */
+} px__uring;
+
+/* Per-op state, inside op->backend. */
+typedef struct px__uop {
+  struct __kernel_timespec ts; /* the linked timeout's expiry */
+  int32_t res;                 /* the op's own CQE result */
+  uint8_t cqes;                /* CQEs still to come */
+  uint8_t timer_fired;
+  uint8_t on_ovf;
+} px__uop;
+
+_Static_assert(sizeof(px__uop) <= sizeof(((px_op *)0)->backend),
+               "uring op state fits in px_op");
+_Static_assert(sizeof(px_iov) == sizeof(struct iovec),
+               "px_iov is a struct iovec");
+
+static px__uop *px__uop_of(px_op *op) {
+  return (px__uop *)(void *)op->backend;
+}
+
+static px__uring *px__u(px_loop *loop) {
+  return loop->bk;
+}
+
+/* ---- Entering the ring. ------------------------------------------------ */
+
+static int px__enable(px__uring *u) {
+  if (u->enabled)
+    return 0;
+  /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
+  int r =
+      io_uring_register(u->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+  if (r < 0)
+    return px__errno(-r);
+  u->enabled = true;
+  return 0;
+}
+
+static void px__reap(px_loop *loop, px__uring *u);
+
+/* An SQE for px's own requests, which must not wait on the overflow list:
+ * submit what is queued to make room, reaping when the CQ pushes back. */
+static struct io_uring_sqe *px__sqe_now(px_loop *loop, px__uring *u) {
+  for (int tries = 0; tries < 1000; tries++) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (sqe != NULL)
+      return sqe;
+    if (px__enable(u) < 0)
+      return NULL;
+    int r = io_uring_submit(&u->ring);
+    if (r == -EBUSY || r == -EAGAIN)
+      px__reap(loop, u);
+  }
+  return NULL;
+}
+
+static void px__wake_arm(px_loop *loop, px__uring *u) {
+  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+  if (sqe == NULL)
+    return;
+  io_uring_prep_read(sqe, u->wake_fd, &u->wake_buf, sizeof(u->wake_buf), 0);
+  io_uring_sqe_set_data64(sqe, PX__UD_WAKE);
+  u->wake_armed = true;
+}
+
+/* ---- Ops into SQEs. ---------------------------------------------------- */
+
+static uint64_t px__off(const px_op *op) {
+  return op->off == PX_CUR ? (uint64_t)-1 : (uint64_t)op->off;
+}
+
+static void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
+  int fd = (int)op->fd;
+  switch (op->kind) {
+    case PX__OP_READ:
+      io_uring_prep_read(sqe, fd, op->buf, op->len, px__off(op));
+      break;
+    case PX__OP_WRITE:
+      io_uring_prep_write(sqe, fd, op->buf, op->len, px__off(op));
+      break;
+    case PX__OP_READV:
+      io_uring_prep_readv(sqe, fd, op->buf, op->len, px__off(op));
+      break;
+    case PX__OP_WRITEV:
+      io_uring_prep_writev(sqe, fd, op->buf, op->len, px__off(op));
+      break;
+    case PX__OP_RECV:
+      io_uring_prep_recv(sqe, fd, op->buf, op->len, 0);
+      break;
+    case PX__OP_SEND:
+      io_uring_prep_send(sqe, fd, op->buf, op->len, MSG_NOSIGNAL);
+      break;
+    case PX__OP_ACCEPT:
+      io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+      break;
+    case PX__OP_CONNECT: {
+      const px_addr *a = op->buf;
+      io_uring_prep_connect(sqe, fd, (const void *)a->storage, a->len);
+      break;
+    }
+    case PX__OP_CLOSE:
+      io_uring_prep_close(sqe, fd);
+      break;
+    case PX__OP_FSYNC:
+      io_uring_prep_fsync(
+          sqe, fd, (op->flags & PX__F_DATASYNC) ? IORING_FSYNC_DATASYNC : 0);
+      break;
+    case PX__OP_CANCEL:
+      io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op->buf, 0);
+      break;
+    default: /* PX__OP_NOP */
+      io_uring_prep_nop(sqe);
+      break;
+  }
+}
+
+/* Fills the SQE(s) of op; false when the SQ has no room for them. */
+static bool px__prep(px__uring *u, px_op *op) {
+  bool deadline = op->flags & PX__F_DEADLINE;
+  if (io_uring_sq_space_left(&u->ring) < (deadline ? 2u : 1u))
+    return false;
+  px__uop *uo = px__uop_of(op);
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  px__prep_kind(sqe, op);
+  io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
+  uo->cqes = 1;
+  uo->timer_fired = 0;
+  if (deadline) {
+    sqe->flags |= IOSQE_IO_LINK;
+    uo->ts.tv_sec = op->when / 1000000000;
+    uo->ts.tv_nsec = op->when % 1000000000;
+    struct io_uring_sqe *t = io_uring_get_sqe(&u->ring);
+    io_uring_prep_link_timeout(t, &uo->ts, IORING_TIMEOUT_ABS);
+    io_uring_sqe_set_data64(t, (uint64_t)(uintptr_t)op | PX__UD_TIMER);
+    uo->cqes = 2;
+  }
+  return true;
+}
+
+static void px__ovf_push(px__uring *u, px_op *op) {
+  px__uop_of(op)->on_ovf = 1;
+  op->next = NULL;
+  if (u->ovf_tail != NULL)
+    u->ovf_tail->next = op;
+  else
+    u->ovf_head = op;
+  u->ovf_tail = op;
+}
+
+static px_op *px__ovf_pop(px__uring *u) {
+  px_op *op = u->ovf_head;
+  u->ovf_head = op->next;
+  if (u->ovf_head == NULL)
+    u->ovf_tail = NULL;
+  op->next = NULL;
+  px__uop_of(op)->on_ovf = 0;
+  return op;
+}
+
+static void px__ovf_remove(px__uring *u, px_op *op) {
+  px_op *prev = NULL;
+  for (px_op *it = u->ovf_head; it != NULL; prev = it, it = it->next) {
+    if (it != op)
+      continue;
+    if (prev != NULL)
+      prev->next = op->next;
+    else
+      u->ovf_head = op->next;
+    if (u->ovf_tail == op)
+      u->ovf_tail = prev;
+    op->next = NULL;
+    px__uop_of(op)->on_ovf = 0;
+    return;
+  }
+}
+
+/* Completes, without the kernel, the overflow ops that match. */
+static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
+  px_op *list = u->ovf_head;
+  u->ovf_head = u->ovf_tail = NULL;
+  while (list != NULL) {
+    px_op *op = list;
+    list = op->next;
+    op->next = NULL;
+    px__uop_of(op)->on_ovf = 0;
+    if (all || (px__kind_has_fd(op->kind) && op->fd == fd))
+      px__complete(loop, op, PX_ECANCELED);
+    else
+      px__ovf_push(u, op);
+  }
+}
+
+/* Moves overflow ops into the SQ, submitting to make room. */
+static int px__ovf_flush(px_loop *loop, px__uring *u) {
+  int stuck = 0;
+  while (u->ovf_head != NULL) {
+    if (px__prep(u, u->ovf_head)) {
+      px__ovf_pop(u);
+      continue;
+    }
+    int r = io_uring_submit(&u->ring);
+    if (r == -EBUSY || r == -EAGAIN || r == 0) {
+      px__reap(loop, u);
+      if (++stuck > 64)
+        return 0; /* the CQ is full of what the caller has not seen yet */
+    } else if (r < 0 && r != -EINTR) {
+      return px__errno(-r);
+    }
+  }
+  return 0;
+}
+
+/* ---- The backend contract. --------------------------------------------- */
+
+static int px__uring_submit(px_loop *loop, px_op *op) {
+  px__uring *u = px__u(loop);
+  if (u->ovf_head != NULL || !px__prep(u, op))
+    px__ovf_push(u, op);
+  return 0;
+}
+
+static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
+  px__uring *u = px__u(loop);
+  if (px__uop_of(target)->on_ovf) {
+    px__ovf_remove(u, target);
+    px__complete(loop, target, PX_ECANCELED);
+    if (cancel_op != NULL)
+      px__complete(loop, cancel_op, 0);
+    return;
+  }
+  if (cancel_op != NULL) {
+    px__uring_submit(loop, cancel_op);
+    return;
+  }
+  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+  if (sqe == NULL)
+    return;
+  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)target, 0);
+  io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
+}
+
+static void px__uring_cancel_fd(px_loop *loop, px_fd fd) {
+  px__uring *u = px__u(loop);
+  px__ovf_cancel(loop, u, false, fd);
+  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+  if (sqe == NULL)
+    return;
+  io_uring_prep_cancel_fd(sqe, (int)fd, IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
+}
+
+static void px__uring_cancel_all(px_loop *loop) {
+  px__uring *u = px__u(loop);
+  u->stopping = true;
+  px__ovf_cancel(loop, u, true, PX_INVALID_FD);
+  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+  if (sqe == NULL)
+    return;
+  io_uring_prep_cancel64(sqe, 0,
+                         IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
+}
+
+/* One CQE.  Only this function is long: it is the reaping loop's body. */
+static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res) {
+  unsigned tag = ud & PX__UD_TAGS;
+  if (tag == PX__UD_WAKE) {
+    u->wake_armed = false;
+    if (!u->stopping)
+      px__wake_arm(loop, u);
+    px__wake_ack(loop);
+    return;
+  }
+  if (tag == PX__UD_IGNORE)
+    return;
+  px_op *op = (px_op *)(uintptr_t)(ud & ~(uint64_t)PX__UD_TAGS);
+  px__uop *uo = px__uop_of(op);
+  if (tag == PX__UD_TIMER)
+    uo->timer_fired = res == -ETIME;
+  else
+    uo->res = res;
+  if (--uo->cqes > 0)
+    return;
+  res = uo->res;
+  if (res < 0) {
+    bool stopped = res == -ECANCELED || res == -EINTR;
+    px__complete(loop, op,
+                 uo->timer_fired && stopped ? PX_ETIMEDOUT : px__errno(-res));
+    return;
+  }
+  if (op->kind == PX__OP_ACCEPT) {
+    op->off = res;
+    res = 0;
+  }
+  px__complete(loop, op, res);
+}
+
+static void px__reap(px_loop *loop, px__uring *u) {
+  enum { BATCH = 64 };
+  struct io_uring_cqe *cqes[BATCH];
+  struct {
+    uint64_t ud;
+    int32_t res;
+  } got[BATCH];
+  for (;;) {
+    unsigned n = io_uring_peek_batch_cqe(&u->ring, cqes, BATCH);
+    if (n == 0) {
+      /* Completions the kernel kept aside because the CQ was full. */
+      if (!io_uring_cq_has_overflow(&u->ring) || !u->enabled ||
+          io_uring_get_events(&u->ring) < 0 || io_uring_cq_ready(&u->ring) == 0)
+        return;
+      continue;
+    }
+    for (unsigned i = 0; i < n; i++) {
+      got[i].ud = cqes[i]->user_data;
+      got[i].res = cqes[i]->res;
+    }
+    io_uring_cq_advance(&u->ring, n);
+    for (unsigned i = 0; i < n; i++)
+      px__cqe(loop, u, got[i].ud, got[i].res);
+  }
+}
+
+static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
+  px__uring *u = px__u(loop);
+  int r = px__enable(u);
+  if (r < 0)
+    return r;
+  r = px__ovf_flush(loop, u);
+  if (r < 0)
+    return r;
+  if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0) {
+    r = io_uring_submit_and_get_events(&u->ring);
+  } else {
+    struct __kernel_timespec ts, *tp = NULL;
+    if (timeout_ns > 0) {
+      ts.tv_sec = timeout_ns / 1000000000;
+      ts.tv_nsec = timeout_ns % 1000000000;
+      tp = &ts;
+    }
+    struct io_uring_cqe *cqe;
+    r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, tp, NULL);
+  }
+  /* ETIME: the wait timed out; EINTR: a signal; EBUSY/EAGAIN: the CQ is
+   * full or the kernel is short of memory for a moment.  Reaping below
+   * makes progress in each case. */
+  if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
+    return px__errno(-r);
+  px__reap(loop, u);
+  return 0;
+}
+
+static void px__uring_wakeup(px_loop *loop) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(px__u(loop)->wake_fd, &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+}
+
+static int px__uring_adopt(px_loop *loop, px_fd fd) {
+  (void)loop;
+  int fl = fcntl((int)fd, F_GETFL);
+  if (fl < 0)
+    return px__errno(errno);
+  if ((fl & O_NONBLOCK) && fcntl((int)fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+    return px__errno(errno);
+  return 0;
+}
+
+static int px__ring_init(px__uring *u, unsigned entries) {
+  static const unsigned tries[] = {
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+          IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL,
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+      0,
+  };
+  int r = -EINVAL;
+  for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = tries[i];
+    r = io_uring_queue_init_params(entries, &u->ring, &p);
+    if (r == 0) {
+      u->enabled = !(tries[i] & IORING_SETUP_R_DISABLED);
+      return 0;
+    }
+    if (r != -EINVAL)
+      break;
+  }
+  return px__errno(-r);
+}
+
+static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
+  px__uring *u = px__calloc(1, sizeof(*u));
+  if (u == NULL)
+    return PX_ENOMEM;
+  u->wake_fd = eventfd(0, EFD_CLOEXEC);
+  if (u->wake_fd < 0) {
+    int r = px__errno(errno);
+    px__free(u);
+    return r;
+  }
+  int r = px__ring_init(u, opts->entries ? opts->entries : 256);
+  if (r < 0) {
+    close(u->wake_fd);
+    px__free(u);
+    return r;
+  }
+  loop->bk = u;
+  px__wake_arm(loop, u);
+  return 0;
+}
+
+static void px__uring_destroy(px_loop *loop) {
+  px__uring *u = px__u(loop);
+  /* cancel_all asked the eventfd read to stop; its buffer lives in u, so
+   * wait for that completion before letting go of u. */
+  for (int i = 0; u->wake_armed && u->enabled && i < 100; i++) {
+    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
+    struct io_uring_cqe *cqe;
+    io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+    px__reap(loop, u);
+  }
+  io_uring_queue_exit(&u->ring);
+  close(u->wake_fd);
+  px__free(u);
+  loop->bk = NULL;
+}
+
+const px__backend px__backend_uring = {
+    .name = "uring",
+    .caps = PX_CAP_FILE_ASYNC | PX_CAP_KERNEL_DEADLINE,
+    .init = px__uring_init,
+    .destroy = px__uring_destroy,
+    .adopt = px__uring_adopt,
+    .submit = px__uring_submit,
+    .cancel = px__uring_cancel,
+    .cancel_fd = px__uring_cancel_fd,
+    .cancel_all = px__uring_cancel_all,
+    .poll = px__uring_poll,
+    .wakeup = px__uring_wakeup,
+};

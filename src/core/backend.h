@@ -1,0 +1,69 @@
+/*
+ * The one contract every backend implements.
+ *
+ * The core validates arguments, keeps per-handle queues (stream ordering,
+ * close-after-drain), timers, deadlines for ops that wait in those queues,
+ * posts and statistics.  A backend only turns an op into a kernel request
+ * and a kernel completion back into px__complete(loop, op, result).
+ *
+ * Each backend exposes one const table of these functions.  A library built
+ * with a single backend calls it directly (PX__ONLY_BACKEND names the table,
+ * so the compiler sees through the indirection); a library with several
+ * keeps the chosen table in the loop.
+ */
+#ifndef PX_CORE_BACKEND_H
+#define PX_CORE_BACKEND_H
+
+#include "px.h"
+
+typedef struct px__backend {
+  const char *name;
+  unsigned caps; /* PX_CAP_* */
+
+  /* Sets loop->bk.  Returns 0 or a PX_E* code (nothing left allocated). */
+  int (*init)(px_loop *loop, const px_loop_opts *opts);
+  /* Called with no op in flight. */
+  void (*destroy)(px_loop *loop);
+  /* Prepares a handle the core is about to make known (blocking mode,
+   * completion port association, ...). */
+  int (*adopt)(px_loop *loop, px_fd fd);
+
+  /*
+   * Starts op.  Kinds: READ, WRITE, READV, WRITEV, RECV, SEND, ACCEPT,
+   * CONNECT, CLOSE, FSYNC, NOP.  Stream ops arrive one per handle and
+   * direction.  op->when holds an absolute deadline (px__now_ns clock) when
+   * PX__F_DEADLINE is set and the backend has PX_CAP_KERNEL_DEADLINE; without
+   * that cap the core enforces deadlines through cancel().  Returns 0 (op
+   * will complete through px__complete exactly once) or a PX_E* code (op
+   * did not start).
+   */
+  int (*submit)(px_loop *loop, px_op *op);
+  /* Asks target (started by submit) to complete with PX_ECANCELED.  When
+   * cancel_op is not NULL it completes too: 0, PX_ENOENT or PX_EALREADY. */
+  void (*cancel)(px_loop *loop, px_op *target, px_op *cancel_op);
+  /* Asks every started op on fd to complete (px_close). */
+  void (*cancel_fd)(px_loop *loop, px_fd fd);
+  /* Asks every started op to complete (px_loop_free). */
+  void (*cancel_all)(px_loop *loop);
+
+  /* Hands started ops to the kernel, waits up to timeout_ns (-1: no limit,
+   * 0: not at all) for completions and reports them.  Returns 0 or a PX_E*
+   * code for a failure of the wait itself. */
+  int (*poll)(px_loop *loop, int64_t timeout_ns);
+  /* Thread-safe: makes a poll in progress (or the next one) return; the
+   * backend then calls px__wake_ack(loop). */
+  void (*wakeup)(px_loop *loop);
+} px__backend;
+
+/* ---- What the core offers a backend. ---------------------------------- */
+
+/* Reports op complete with result (>= 0 or a PX_E* code). */
+void px__complete(px_loop *loop, px_op *op, int32_t result);
+/* Reports that a wakeup requested through backend->wakeup arrived. */
+void px__wake_ack(px_loop *loop);
+/* Maps a POSIX errno value (positive) to a PX_E* code. */
+int px__errno(int err);
+/* Monotonic clock in nanoseconds. */
+int64_t px__now_ns(void);
+
+#endif

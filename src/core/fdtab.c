@@ -1,0 +1,74 @@
+/*
+ * The loop's table of known handles, indexed by the handle's value.
+ *
+ * POSIX descriptors are small integers; Windows SOCKETs and HANDLEs are
+ * small multiples of 4 in practice, so the index drops those two bits.  The
+ * table grows when a larger handle appears, never on the submit path of a
+ * handle already known.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+#ifdef _WIN32
+#define PX__FD_SHIFT 2
+#else
+#define PX__FD_SHIFT 0
+#endif
+/* Refuse absurd values instead of allocating gigabytes. */
+#define PX__FD_MAX ((size_t)1 << 24)
+
+static bool px__fd_index(px_fd fd, size_t *idx) {
+  if (fd < 0)
+    return false;
+  *idx = (size_t)fd >> PX__FD_SHIFT;
+  return *idx < PX__FD_MAX;
+}
+
+px__fdent *px__fd_get(px_loop *loop, px_fd fd) {
+  size_t i;
+  if (!px__fd_index(fd, &i) || i >= loop->nfds || !loop->fds[i].known)
+    return NULL;
+  return &loop->fds[i];
+}
+
+static int px__fd_grow(px_loop *loop, size_t need) {
+  size_t n = loop->nfds ? loop->nfds : 64;
+  while (n < need)
+    n *= 2;
+  px__fdent *t = px__realloc(loop->fds, n * sizeof(*t));
+  if (t == NULL)
+    return PX_ENOMEM;
+  memset(t + loop->nfds, 0, (n - loop->nfds) * sizeof(*t));
+  loop->fds = t;
+  loop->nfds = n;
+  return 0;
+}
+
+int px__fd_register(px_loop *loop, px_fd fd) {
+  size_t i;
+  if (!px__fd_index(fd, &i))
+    return PX_EBADF;
+  if (i >= loop->nfds) {
+    int r = px__fd_grow(loop, i + 1);
+    if (r < 0)
+      return r;
+  }
+  px__fdent *e = &loop->fds[i];
+  if (!e->known)
+    memset(e, 0, sizeof(*e));
+  e->known = 1;
+  return 0;
+}
+
+void px__fd_forget(px_loop *loop, px_fd fd) {
+  size_t i;
+  if (px__fd_index(fd, &i) && i < loop->nfds)
+    memset(&loop->fds[i], 0, sizeof(loop->fds[i]));
+}
+
+void px__fdtab_free(px_loop *loop) {
+  px__free(loop->fds);
+  loop->fds = NULL;
+  loop->nfds = 0;
+}

@@ -1,0 +1,126 @@
+/* Core internals shared by the files of src/core/ and read by backends. */
+#ifndef PX_CORE_INTERNAL_H
+#define PX_CORE_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "backend.h"
+
+enum px__kind {
+  PX__OP_NONE = 0,
+  PX__OP_READ,
+  PX__OP_WRITE,
+  PX__OP_READV,
+  PX__OP_WRITEV,
+  PX__OP_RECV,
+  PX__OP_SEND,
+  PX__OP_ACCEPT,
+  PX__OP_CONNECT,
+  PX__OP_CLOSE,
+  PX__OP_FSYNC,
+  PX__OP_TIMEOUT,
+  PX__OP_CANCEL,
+  PX__OP_NOP,
+  PX__OP_POST,
+  PX__OP_COUNT
+};
+
+/* Where an op is between submission and its callback. */
+enum px__state {
+  PX__IDLE = 0, /* not in flight: may be submitted */
+  PX__QUEUED,   /* waits in a handle's stream queue */
+  PX__TIMER,    /* a px_timeout in the timer heap */
+  PX__CLOSING,  /* a close waiting for the handle's ops to drain */
+  PX__STARTED,  /* handed to the backend */
+  PX__POSTED,   /* travelling through the post queue */
+  PX__READY     /* completed, waiting for dispatch */
+};
+
+enum px__flag {
+  PX__F_DEADLINE = 1u << 0, /* op->when is a deadline */
+  PX__F_TIMEDOUT = 1u << 1, /* the deadline fired: ECANCELED -> ETIMEDOUT */
+  PX__F_STREAM = 1u << 2,   /* ordered per handle and direction */
+  PX__F_WRITEQ = 1u << 3,   /* ... in the write direction */
+  PX__F_DATASYNC = 1u << 4, /* fsync: data only */
+  PX__F_DL_SET = 1u << 5    /* px_op_deadline called, when = ms */
+};
+
+/* Per-handle state: stream queues and the count of started ops. */
+typedef struct px__fdent {
+  px_op *rq_head, *rq_tail; /* stream reads not started yet */
+  px_op *wq_head, *wq_tail; /* stream writes not started yet */
+  px_op *closing;           /* close waiting for started ops to finish */
+  uint32_t started;         /* ops on this handle inside the backend */
+  uint8_t known;
+  uint8_t rd_busy, wr_busy; /* a stream op of that direction is started */
+} px__fdent;
+
+struct px_loop {
+#ifndef PX__ONLY_BACKEND
+  const px__backend *backend;
+#endif
+  void *bk; /* the backend's state */
+
+  int64_t now; /* px__now_ns, refreshed once per iteration */
+  px_stats stats;
+
+  px_op *ready_head, *ready_tail; /* completed, not dispatched */
+
+  px_op **heap; /* timer min-heap on op->when; op->heap = slot + 1 */
+  uint32_t heap_len, heap_cap;
+  uint32_t timer_seq; /* ties between equal timers keep submission order */
+
+  px__fdent *fds; /* indexed by px__fd_index */
+  size_t nfds;
+
+  _Atomic(px_op *) post_head;  /* Treiber stack, newest first */
+  atomic_uint_fast64_t posted; /* posts pushed (any thread) */
+  uint64_t drained;            /* posts taken off the stack */
+  atomic_int wake_pending;     /* a wakeup is on its way */
+  bool woken;                  /* a wakeup arrived this iteration */
+
+  bool stop;
+  bool closing;
+  int depth; /* callbacks currently running */
+};
+
+#ifdef PX__ONLY_BACKEND
+extern const px__backend PX__ONLY_BACKEND;
+#define PX__BK(loop) ((void)(loop), &PX__ONLY_BACKEND)
+#else
+#define PX__BK(loop) ((loop)->backend)
+#endif
+
+/* alloc.c */
+void *px__malloc(size_t n);
+void *px__calloc(size_t n, size_t size);
+void *px__realloc(void *p, size_t n);
+void px__free(void *p);
+
+/* fdtab.c */
+px__fdent *px__fd_get(px_loop *loop, px_fd fd); /* NULL if unknown */
+int px__fd_register(px_loop *loop, px_fd fd);
+void px__fd_forget(px_loop *loop, px_fd fd);
+void px__fdtab_free(px_loop *loop);
+
+/* timer.c */
+int px__heap_push(px_loop *loop, px_op *op);
+void px__heap_remove(px_loop *loop, px_op *op);
+px_op *px__heap_top(const px_loop *loop);
+void px__heap_free(px_loop *loop);
+
+/* loop.c: moving ops. */
+void px__ready_push(px_loop *loop, px_op *op, int32_t result);
+void px__start(px_loop *loop, px_op *op); /* hand to the backend */
+void px__queue_remove(px__fdent *e, px_op *op);
+void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
+
+/* sock_*.c: platform handle operations. */
+int px__os_close(px_fd fd);
+
+static inline bool px__kind_has_fd(unsigned kind) {
+  return kind >= PX__OP_READ && kind <= PX__OP_FSYNC;
+}
+
+#endif

@@ -1,0 +1,416 @@
+/*
+ * The loop: op lifecycle after submission, dispatch, timers, posts.
+ *
+ * Every completion, whatever its source (backend, timer, cancel, post),
+ * goes through px__ready_push onto one FIFO list, and callbacks run only
+ * from px__dispatch.  So a callback never runs inside a submit call, and an
+ * op's "completed" moment is one place where handle queues, close-after-
+ * drain and statistics are kept.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- Ready list and completion. ---------------------------------------- */
+
+void px__ready_push(px_loop *loop, px_op *op, int32_t result) {
+  op->result = result;
+  op->state = PX__READY;
+  op->next = NULL;
+  if (loop->ready_tail != NULL)
+    loop->ready_tail->next = op;
+  else
+    loop->ready_head = op;
+  loop->ready_tail = op;
+}
+
+static px_op *px__ready_pop(px_loop *loop) {
+  px_op *op = loop->ready_head;
+  if (op == NULL)
+    return NULL;
+  loop->ready_head = op->next;
+  if (loop->ready_head == NULL)
+    loop->ready_tail = NULL;
+  op->next = NULL;
+  op->state = PX__IDLE;
+  op->flags = 0;
+  loop->stats.completed++;
+  loop->stats.in_flight--;
+  if (op->result == PX_ECANCELED)
+    loop->stats.cancelled++;
+  else if (op->result < 0)
+    loop->stats.failed++;
+  return op;
+}
+
+static int px__dispatch(px_loop *loop) {
+  int n = 0;
+  px_op *op;
+  /* Ops completed by these callbacks join the list and run in this pass
+   * too, up to what was ready when it started plus what they add: the pass
+   * ends when the list is empty. */
+  while ((op = px__ready_pop(loop)) != NULL) {
+    n++;
+    if (op->cb != NULL) {
+      loop->depth++;
+      op->cb(loop, op);
+      loop->depth--;
+    }
+  }
+  return n;
+}
+
+void px__queue_remove(px__fdent *e, px_op *op) {
+  px_op **head = (op->flags & PX__F_WRITEQ) ? &e->wq_head : &e->rq_head;
+  px_op **tail = (op->flags & PX__F_WRITEQ) ? &e->wq_tail : &e->rq_tail;
+  px_op *prev = NULL;
+  for (px_op *it = *head; it != NULL; prev = it, it = it->next) {
+    if (it != op)
+      continue;
+    if (prev != NULL)
+      prev->next = op->next;
+    else
+      *head = op->next;
+    if (*tail == op)
+      *tail = prev;
+    op->next = NULL;
+    return;
+  }
+}
+
+static px_op *px__queue_pop(px_op **head, px_op **tail) {
+  px_op *op = *head;
+  if (op != NULL) {
+    *head = op->next;
+    if (*head == NULL)
+      *tail = NULL;
+    op->next = NULL;
+  }
+  return op;
+}
+
+void px__start(px_loop *loop, px_op *op) {
+  const px__backend *bk = PX__BK(loop);
+  if ((op->flags & PX__F_DEADLINE) && (bk->caps & PX_CAP_KERNEL_DEADLINE)) {
+    px__heap_remove(loop, op);
+    if (op->when <= px__now_ns()) {
+      px__ready_push(loop, op, PX_ETIMEDOUT);
+      return;
+    }
+  }
+  px__fdent *e = px__kind_has_fd(op->kind) ? px__fd_get(loop, op->fd) : NULL;
+  op->state = PX__STARTED;
+  if (e != NULL)
+    e->started++;
+  int r = bk->submit(loop, op);
+  if (r < 0)
+    px__complete(loop, op, r);
+}
+
+/* The next stream op of a direction starts when the previous one is done. */
+static void px__stream_next(px_loop *loop, px__fdent *e, bool write) {
+  px_op *next = write ? px__queue_pop(&e->wq_head, &e->wq_tail)
+                      : px__queue_pop(&e->rq_head, &e->rq_tail);
+  if (write)
+    e->wr_busy = next != NULL;
+  else
+    e->rd_busy = next != NULL;
+  if (next != NULL)
+    px__start(loop, next);
+}
+
+void px__close_start(px_loop *loop, px__fdent *e) {
+  px_op *close = e->closing;
+  /* The kernel may hand this number out again as soon as the close runs,
+   * even before its completion is seen: forget it now. */
+  px__fd_forget(loop, close->fd);
+  close->state = PX__STARTED;
+  int r = PX__BK(loop)->submit(loop, close);
+  if (r < 0)
+    px__ready_push(loop, close, r);
+}
+
+static int32_t px__finish_accept(px_loop *loop, px_op *op, int32_t result) {
+  if (result < 0)
+    return result;
+  int r = px__fd_register(loop, (px_fd)op->off);
+  if (r < 0) {
+    px__os_close((px_fd)op->off);
+    op->off = PX_INVALID_FD;
+    return r;
+  }
+  return 0;
+}
+
+void px__complete(px_loop *loop, px_op *op, int32_t result) {
+  px__heap_remove(loop, op);
+  if ((op->flags & PX__F_TIMEDOUT) && result == PX_ECANCELED)
+    result = PX_ETIMEDOUT;
+  if (op->kind == PX__OP_ACCEPT)
+    result = px__finish_accept(loop, op, result);
+  px__ready_push(loop, op, result);
+
+  if (!px__kind_has_fd(op->kind))
+    return;
+  px__fdent *e = px__fd_get(loop, op->fd);
+  if (e == NULL)
+    return;
+  e->started--;
+  if ((op->flags & PX__F_STREAM) && e->closing == NULL)
+    px__stream_next(loop, e, op->flags & PX__F_WRITEQ);
+  if (e->closing != NULL && e->started == 0)
+    px__close_start(loop, e);
+}
+
+/* ---- Timers. ----------------------------------------------------------- */
+
+static void px__timers_run(px_loop *loop) {
+  px_op *op;
+  while ((op = px__heap_top(loop)) != NULL && op->when <= loop->now) {
+    px__heap_remove(loop, op);
+    if (op->kind == PX__OP_TIMEOUT) {
+      px__ready_push(loop, op, 0);
+    } else if (op->state == PX__QUEUED) {
+      px__queue_remove(px__fd_get(loop, op->fd), op);
+      px__ready_push(loop, op, PX_ETIMEDOUT);
+    } else if (op->state == PX__STARTED) {
+      op->flags |= PX__F_TIMEDOUT;
+      PX__BK(loop)->cancel(loop, op, NULL);
+    }
+  }
+}
+
+/* Nanoseconds the backend may sleep: until the next timer, or no limit. */
+static int64_t px__poll_timeout(px_loop *loop, int64_t limit) {
+  if (loop->ready_head != NULL || loop->stop)
+    return 0;
+  px_op *top = px__heap_top(loop);
+  if (top != NULL) {
+    int64_t t = top->when - loop->now;
+    if (t < 0)
+      t = 0;
+    if (limit < 0 || t < limit)
+      limit = t;
+  }
+  return limit;
+}
+
+/* ---- Posts and wakeups. ------------------------------------------------ */
+
+static void px__posts_drain(px_loop *loop) {
+  if (atomic_load_explicit(&loop->post_head, memory_order_relaxed) == NULL)
+    return;
+  px_op *list =
+      atomic_exchange_explicit(&loop->post_head, NULL, memory_order_acquire);
+  px_op *fifo = NULL; /* the stack is newest first: reverse it */
+  while (list != NULL) {
+    px_op *next = list->next;
+    list->next = fifo;
+    fifo = list;
+    list = next;
+  }
+  while (fifo != NULL) {
+    px_op *next = fifo->next;
+    loop->drained++;
+    loop->stats.submitted++;
+    loop->stats.in_flight++;
+    px__ready_push(loop, fifo, loop->closing ? PX_ECANCELED : 0);
+    fifo = next;
+  }
+}
+
+int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
+  if (loop == NULL || op == NULL)
+    return PX_EINVAL;
+  if (op->state != PX__IDLE)
+    return PX_EBUSY;
+  op->cb = cb;
+  op->data = data;
+  op->kind = PX__OP_POST;
+  op->state = PX__POSTED;
+  op->flags = 0;
+  atomic_fetch_add_explicit(&loop->posted, 1, memory_order_relaxed);
+  px_op *head = atomic_load_explicit(&loop->post_head, memory_order_relaxed);
+  do {
+    op->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &loop->post_head, &head, op, memory_order_release, memory_order_relaxed));
+  px_loop_wakeup(loop);
+  return 0;
+}
+
+void px_loop_wakeup(px_loop *loop) {
+  if (loop == NULL)
+    return;
+  if (!atomic_exchange_explicit(&loop->wake_pending, 1, memory_order_acq_rel))
+    PX__BK(loop)->wakeup(loop);
+}
+
+void px__wake_ack(px_loop *loop) {
+  atomic_store_explicit(&loop->wake_pending, 0, memory_order_release);
+  loop->woken = true;
+}
+
+static bool px__posts_in_transit(px_loop *loop) {
+  return atomic_load_explicit(&loop->posted, memory_order_acquire) !=
+         loop->drained;
+}
+
+/* ---- One iteration. ---------------------------------------------------- */
+
+static int px__iterate(px_loop *loop, int64_t limit) {
+  loop->woken = false;
+  int r = PX__BK(loop)->poll(loop, px__poll_timeout(loop, limit));
+  loop->now = px__now_ns();
+  px__posts_drain(loop);
+  px__timers_run(loop);
+  return r;
+}
+
+static bool px__alive(px_loop *loop) {
+  return loop->stats.in_flight > 0 || px__posts_in_transit(loop);
+}
+
+int px_run(px_loop *loop, px_run_mode mode) {
+  if (loop == NULL || (unsigned)mode > PX_RUN_NOWAIT)
+    return PX_EINVAL;
+  if (loop->depth > 0 || loop->closing)
+    return PX_EBUSY;
+  loop->stop = false;
+  loop->now = px__now_ns();
+  px__timers_run(loop);
+  px__dispatch(loop);
+  for (;;) {
+    if (loop->stop)
+      return px__alive(loop) ? 1 : 0;
+    if (!px__alive(loop))
+      return 0;
+    int r = px__iterate(loop, mode == PX_RUN_NOWAIT ? 0 : -1);
+    px__dispatch(loop);
+    if (r < 0)
+      return r;
+    if (mode != PX_RUN_DEFAULT)
+      return px__alive(loop) ? 1 : 0;
+  }
+}
+
+void px_stop(px_loop *loop) {
+  if (loop != NULL)
+    loop->stop = true;
+}
+
+int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
+  if (loop == NULL || out == NULL || max <= 0)
+    return PX_EINVAL;
+  if (loop->depth > 0 || loop->closing)
+    return PX_EBUSY;
+  loop->now = px__now_ns();
+  loop->woken = false;
+  int64_t end = loop->now + (int64_t)timeout_ms * 1000000;
+  px__posts_drain(loop);
+  px__timers_run(loop);
+  for (;;) {
+    int n = 0;
+    px_op *op;
+    while (n < max && (op = px__ready_pop(loop)) != NULL)
+      out[n++] = op;
+    if (n > 0 || timeout_ms == 0 || loop->woken)
+      return n;
+    int64_t left = timeout_ms < 0 ? -1 : end - loop->now;
+    if (timeout_ms > 0 && left <= 0)
+      return 0;
+    int r = px__iterate(loop, left);
+    if (r < 0)
+      return r;
+  }
+}
+
+/* ---- Loop lifetime. ---------------------------------------------------- */
+
+int px_loop_new(px_loop **out, const px_loop_opts *opts) {
+  if (out == NULL)
+    return PX_EINVAL;
+  *out = NULL;
+  px_loop_opts defaults = {0};
+  if (opts == NULL)
+    opts = &defaults;
+  if (opts->flags != 0)
+    return PX_EINVAL;
+  px_loop *loop = px__calloc(1, sizeof(*loop));
+  if (loop == NULL)
+    return PX_ENOMEM;
+#ifndef PX__ONLY_BACKEND
+#error "px is built with exactly one backend (meson option io_backend)"
+#endif
+  atomic_init(&loop->post_head, NULL);
+  atomic_init(&loop->posted, 0);
+  atomic_init(&loop->wake_pending, 0);
+  loop->now = px__now_ns();
+  int r = PX__BK(loop)->init(loop, opts);
+  if (r < 0) {
+    px__free(loop);
+    return r;
+  }
+  *out = loop;
+  return 0;
+}
+
+/* Completes every op that waits in px's own structures. */
+static void px__cancel_core_ops(px_loop *loop) {
+  px_op *op;
+  while ((op = px__heap_top(loop)) != NULL) {
+    px__heap_remove(loop, op);
+    if (op->kind == PX__OP_TIMEOUT)
+      px__ready_push(loop, op, PX_ECANCELED);
+  }
+  for (size_t i = 0; i < loop->nfds; i++) {
+    px__fdent *e = &loop->fds[i];
+    while ((op = px__queue_pop(&e->rq_head, &e->rq_tail)) != NULL)
+      px__ready_push(loop, op, PX_ECANCELED);
+    while ((op = px__queue_pop(&e->wq_head, &e->wq_tail)) != NULL)
+      px__ready_push(loop, op, PX_ECANCELED);
+  }
+}
+
+int px_loop_free(px_loop *loop) {
+  if (loop == NULL)
+    return PX_EINVAL;
+  if (loop->depth > 0)
+    return PX_EBUSY;
+  loop->closing = true;
+  loop->stop = false;
+  px__posts_drain(loop);
+  px__cancel_core_ops(loop);
+  PX__BK(loop)->cancel_all(loop);
+  px__dispatch(loop);
+  while (px__alive(loop)) {
+    int r = px__iterate(loop, 100 * 1000000);
+    px__dispatch(loop);
+    if (r < 0)
+      break;
+  }
+  PX__BK(loop)->destroy(loop);
+  px__heap_free(loop);
+  px__fdtab_free(loop);
+  px__free(loop);
+  return 0;
+}
+
+const char *px_loop_backend_name(const px_loop *loop) {
+  return loop ? PX__BK(loop)->name : NULL;
+}
+
+unsigned px_loop_caps(const px_loop *loop) {
+  return loop ? PX__BK(loop)->caps : 0;
+}
+
+void px_loop_stats(const px_loop *loop, px_stats *out) {
+  if (loop == NULL || out == NULL)
+    return;
+  *out = loop->stats;
+  uint64_t transit =
+      atomic_load_explicit(&((px_loop *)loop)->posted, memory_order_acquire) -
+      loop->drained;
+  out->submitted += transit;
+  out->in_flight += transit;
+}

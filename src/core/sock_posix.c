@@ -1,0 +1,276 @@
+/*
+ * Handle helpers on POSIX: sockets, pipes and files the loop knows.
+ *
+ * Handles are created close-on-exec and in blocking mode; the backend's
+ * adopt() then sets the mode it needs (readiness emulation wants
+ * O_NONBLOCK, io_uring arms its own poll on a blocking socket).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+_Static_assert(sizeof(struct sockaddr_in6) <= sizeof(((px_addr *)0)->storage),
+               "px_addr holds an IPv6 address");
+
+int px__os_close(px_fd fd) {
+  /* After close() fails with EINTR the descriptor is gone on Linux; do not
+   * retry, the number may already belong to someone else. */
+  return close((int)fd) < 0 && errno != EINTR ? px__errno(errno) : 0;
+}
+
+/* Makes fd known to loop, or closes it. */
+static int px__own(px_loop *loop, int fd, px_fd *out) {
+  int r = PX__BK(loop)->adopt(loop, fd);
+  if (r == 0)
+    r = px__fd_register(loop, fd);
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  *out = fd;
+  return 0;
+}
+
+int px_adopt(px_loop *loop, px_fd fd) {
+  if (loop == NULL || fd < 0 || fd > INT32_MAX)
+    return PX_EINVAL;
+  if (fcntl((int)fd, F_GETFD) < 0)
+    return PX_EBADF;
+  if (px__fd_get(loop, fd) != NULL)
+    return 0;
+  int r = PX__BK(loop)->adopt(loop, fd);
+  return r < 0 ? r : px__fd_register(loop, fd);
+}
+
+int px_fd_close(px_loop *loop, px_fd fd) {
+  if (fd < 0 || fd > INT32_MAX)
+    return PX_EBADF;
+  if (loop != NULL) {
+    px__fdent *e = px__fd_get(loop, fd);
+    if (e != NULL && (e->started || e->closing || e->rq_head || e->wq_head))
+      return PX_EBUSY;
+    px__fd_forget(loop, fd);
+  }
+  return px__os_close(fd);
+}
+
+int px_fd_close_reset(px_loop *loop, px_fd fd) {
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  if (fd >= 0 && fd <= INT32_MAX)
+    setsockopt((int)fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  return px_fd_close(loop, fd);
+}
+
+int px_shutdown_write(px_fd fd) {
+  return shutdown((int)fd, SHUT_WR) < 0 ? px__errno(errno) : 0;
+}
+
+int px_tcp_nodelay(px_fd fd, int on) {
+  int v = on != 0;
+  if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) < 0)
+    return px__errno(errno);
+  return 0;
+}
+
+/* ---- Addresses. -------------------------------------------------------- */
+
+/* px_addr's storage is read and written with memcpy: it is a uint64_t
+ * array, and casting it to a sockaddr would break strict aliasing. */
+static int px__family(const px_addr *addr) {
+  struct sockaddr_storage ss;
+  memcpy(&ss, addr->storage, sizeof(struct sockaddr_in6));
+  return ss.ss_family;
+}
+
+int px_addr_set(px_addr *addr, const char *ip, int port) {
+  if (addr == NULL || ip == NULL || port < 0 || port > 65535)
+    return PX_EINVAL;
+  memset(addr, 0, sizeof(*addr));
+  struct sockaddr_in a4 = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)port)};
+  struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
+                            .sin6_port = htons((uint16_t)port)};
+  if (inet_pton(AF_INET, ip, &a4.sin_addr) == 1) {
+    memcpy(addr->storage, &a4, sizeof(a4));
+    addr->len = sizeof(a4);
+    return 0;
+  }
+  if (inet_pton(AF_INET6, ip, &a6.sin6_addr) == 1) {
+    memcpy(addr->storage, &a6, sizeof(a6));
+    addr->len = sizeof(a6);
+    return 0;
+  }
+  return PX_EINVAL;
+}
+
+int px_addr_port(const px_addr *addr) {
+  if (addr == NULL || addr->len == 0)
+    return PX_EINVAL;
+  struct sockaddr_in a4;
+  struct sockaddr_in6 a6;
+  switch (px__family(addr)) {
+    case AF_INET:
+      memcpy(&a4, addr->storage, sizeof(a4));
+      return ntohs(a4.sin_port);
+    case AF_INET6:
+      memcpy(&a6, addr->storage, sizeof(a6));
+      return ntohs(a6.sin6_port);
+    default:
+      return PX_EAFNOSUPPORT;
+  }
+}
+
+static int px__addr_get(px_fd fd, px_addr *addr, bool peer) {
+  if (addr == NULL)
+    return PX_EINVAL;
+  memset(addr, 0, sizeof(*addr));
+  socklen_t len = sizeof(addr->storage);
+  void *sa = addr->storage;
+  int r =
+      peer ? getpeername((int)fd, sa, &len) : getsockname((int)fd, sa, &len);
+  if (r < 0)
+    return px__errno(errno);
+  addr->len = len;
+  return 0;
+}
+
+int px_addr_local(px_fd fd, px_addr *addr) {
+  return px__addr_get(fd, addr, false);
+}
+
+int px_addr_peer(px_fd fd, px_addr *addr) {
+  return px__addr_get(fd, addr, true);
+}
+
+/* ---- Sockets, pipes, files. -------------------------------------------- */
+
+static int px__socket(const px_addr *addr) {
+  int fd = socket(px__family(addr), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  return fd < 0 ? px__errno(errno) : fd;
+}
+
+int px_tcp_listen_ex(px_loop *loop, const char *ip, int port, int backlog,
+                     unsigned flags, px_fd *out) {
+  if (loop == NULL || out == NULL || (flags & ~PX_LISTEN_REUSEPORT))
+    return PX_EINVAL;
+  px_addr addr;
+  int r = px_addr_set(&addr, ip, port);
+  if (r < 0)
+    return r;
+  int fd = px__socket(&addr);
+  if (fd < 0)
+    return fd;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+#ifdef SO_REUSEPORT
+  if ((flags & PX_LISTEN_REUSEPORT) &&
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+    r = px__errno(errno);
+    close(fd);
+    return r;
+  }
+#else
+  if (flags & PX_LISTEN_REUSEPORT) {
+    close(fd);
+    return PX_EOPNOTSUPP;
+  }
+#endif
+  if (bind(fd, (const void *)addr.storage, addr.len) < 0 ||
+      listen(fd, backlog > 0 ? backlog : SOMAXCONN) < 0) {
+    r = px__errno(errno);
+    close(fd);
+    return r;
+  }
+  return px__own(loop, fd, out);
+}
+
+int px_tcp_listen(px_loop *loop, const char *ip, int port, int backlog,
+                  px_fd *out) {
+  return px_tcp_listen_ex(loop, ip, port, backlog, 0, out);
+}
+
+int px_tcp_socket(px_loop *loop, const px_addr *addr, px_fd *out) {
+  if (loop == NULL || addr == NULL || out == NULL || addr->len == 0)
+    return PX_EINVAL;
+  int fd = px__socket(addr);
+  if (fd < 0)
+    return fd;
+  return px__own(loop, fd, out);
+}
+
+static int px__own_pair(px_loop *loop, int fds[2], px_fd out[2]) {
+  int r = px__own(loop, fds[0], &out[0]);
+  if (r < 0) {
+    close(fds[1]);
+    return r;
+  }
+  r = px__own(loop, fds[1], &out[1]);
+  if (r < 0) {
+    px_fd_close(loop, out[0]);
+    return r;
+  }
+  return 0;
+}
+
+int px_socketpair(px_loop *loop, px_fd out[2]) {
+  if (loop == NULL || out == NULL)
+    return PX_EINVAL;
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+    return px__errno(errno);
+  return px__own_pair(loop, fds, out);
+}
+
+int px_pipe(px_loop *loop, px_fd out[2]) {
+  if (loop == NULL || out == NULL)
+    return PX_EINVAL;
+  int fds[2];
+  if (pipe(fds) < 0)
+    return px__errno(errno);
+  fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+  fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+  return px__own_pair(loop, fds, out);
+}
+
+static int px__open_flags(unsigned flags) {
+  static const int access[] = {O_RDONLY, O_WRONLY, O_RDWR};
+  int f = access[flags & 0x3] | O_CLOEXEC;
+  if (flags & PX_O_CREAT)
+    f |= O_CREAT;
+  if (flags & PX_O_TRUNC)
+    f |= O_TRUNC;
+  if (flags & PX_O_EXCL)
+    f |= O_EXCL;
+  if (flags & PX_O_APPEND)
+    f |= O_APPEND;
+#ifdef O_DIRECT
+  if (flags & PX_O_DIRECT)
+    f |= O_DIRECT;
+#endif
+  return f;
+}
+
+int px_file_open(px_loop *loop, const char *path, unsigned flags, int mode,
+                 px_fd *out) {
+  const unsigned known =
+      0x3u | PX_O_CREAT | PX_O_TRUNC | PX_O_EXCL | PX_O_APPEND | PX_O_DIRECT;
+  if (loop == NULL || path == NULL || out == NULL || (flags & ~known) ||
+      (flags & 0x3u) == 0x3u)
+    return PX_EINVAL;
+#ifndef O_DIRECT
+  if (flags & PX_O_DIRECT)
+    return PX_EOPNOTSUPP;
+#endif
+  int fd = open(path, px__open_flags(flags), (mode_t)mode);
+  if (fd < 0)
+    return px__errno(errno);
+  return px__own(loop, fd, out);
+}

@@ -1,0 +1,324 @@
+/*
+ * Submit calls: the core validates, records the op and decides where it
+ * waits (a handle's stream queue, the timer heap, or the backend).
+ */
+#include "internal.h"
+
+/* Linux never moves more than this in one read or write. */
+#define PX__MAX_IO 0x7ffff000u
+#define PX__MAX_IOV 1024
+
+int px_op_deadline(px_op *op, uint64_t ms) {
+  if (op == NULL || ms > INT64_MAX / 1000000)
+    return PX_EINVAL;
+  if (op->state != PX__IDLE)
+    return PX_EBUSY;
+  op->flags |= PX__F_DL_SET;
+  op->when = (int64_t)ms;
+  return 0;
+}
+
+px_fd px_op_fd(const px_op *op) {
+  if (op == NULL || op->kind != PX__OP_ACCEPT || op->result < 0)
+    return PX_INVALID_FD;
+  return (px_fd)op->off;
+}
+
+static int px__check(px_loop *loop, px_op *op) {
+  if (loop == NULL || op == NULL)
+    return PX_EINVAL;
+  if (op->state != PX__IDLE)
+    return PX_EBUSY;
+  if (loop->closing)
+    return PX_ESHUTDOWN;
+  return 0;
+}
+
+static px__fdent *px__check_fd(px_loop *loop, px_fd fd) {
+  px__fdent *e = px__fd_get(loop, fd);
+  return (e != NULL && e->closing == NULL) ? e : NULL;
+}
+
+static void px__fill(px_op *op, unsigned kind, px_fd fd, px_cb cb, void *data) {
+  op->cb = cb;
+  op->data = data;
+  op->kind = (uint8_t)kind;
+  op->fd = fd;
+  op->result = 0;
+  op->next = NULL;
+  op->heap = 0;
+}
+
+/* Accepts op: arms its deadline and counts it.  No way back after this. */
+static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
+  bool dl = op->flags & PX__F_DL_SET;
+  int64_t ms = op->when;
+  op->flags = flags;
+  if (dl) {
+    if (!px__kind_has_fd(op->kind) || op->kind == PX__OP_CLOSE)
+      return PX_EINVAL;
+    op->flags |= PX__F_DEADLINE;
+    op->when = loop->now = px__now_ns();
+    op->when += ms * 1000000;
+    int r = px__heap_push(loop, op);
+    if (r < 0)
+      return r;
+  }
+  loop->stats.submitted++;
+  loop->stats.in_flight++;
+  return 0;
+}
+
+static void px__enqueue(px_op **head, px_op **tail, px_op *op) {
+  op->next = NULL;
+  if (*tail != NULL)
+    (*tail)->next = op;
+  else
+    *head = op;
+  *tail = op;
+}
+
+/* Routes an accepted op: a stream op waits behind its handle's busy
+ * direction, everything else starts now. */
+static int px__route(px_loop *loop, px_op *op, px__fdent *e) {
+  if (op->flags & PX__F_STREAM) {
+    bool w = op->flags & PX__F_WRITEQ;
+    uint8_t *busy = w ? &e->wr_busy : &e->rd_busy;
+    if (*busy) {
+      op->state = PX__QUEUED;
+      if (w)
+        px__enqueue(&e->wq_head, &e->wq_tail, op);
+      else
+        px__enqueue(&e->rq_head, &e->rq_tail, op);
+      return 0;
+    }
+    *busy = 1;
+  }
+  px__start(loop, op);
+  return 0;
+}
+
+static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
+                  size_t len, int64_t off, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  if (buf == NULL || len == 0 || off < PX_CUR)
+    return PX_EINVAL;
+  px__fdent *e = px__check_fd(loop, fd);
+  if (e == NULL)
+    return PX_EBADF;
+  bool vec = kind == PX__OP_READV || kind == PX__OP_WRITEV;
+  if (vec && len > PX__MAX_IOV)
+    return PX_EINVAL;
+  bool write =
+      kind == PX__OP_WRITE || kind == PX__OP_WRITEV || kind == PX__OP_SEND;
+  bool stream = kind == PX__OP_RECV || kind == PX__OP_SEND || off == PX_CUR;
+  uint16_t flags =
+      (uint16_t)((stream ? PX__F_STREAM : 0) | (write ? PX__F_WRITEQ : 0));
+  px__fill(op, kind, fd, cb, data);
+  op->buf = buf;
+  op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
+  op->off = off;
+  r = px__accept(loop, op, flags);
+  if (r < 0)
+    return r;
+  return px__route(loop, op, e);
+}
+
+int px_read(px_loop *loop, px_op *op, px_fd fd, void *buf, size_t len,
+            int64_t off, px_cb cb, void *data) {
+  return px__io(loop, op, PX__OP_READ, fd, buf, len, off, cb, data);
+}
+
+int px_write(px_loop *loop, px_op *op, px_fd fd, const void *buf, size_t len,
+             int64_t off, px_cb cb, void *data) {
+  return px__io(loop, op, PX__OP_WRITE, fd, (void *)buf, len, off, cb, data);
+}
+
+static int px__iov_ok(const px_iov *iov, int iovcnt) {
+  if (iov == NULL || iovcnt <= 0 || iovcnt > PX__MAX_IOV)
+    return PX_EINVAL;
+  for (int i = 0; i < iovcnt; i++)
+    if (iov[i].base == NULL && iov[i].len != 0)
+      return PX_EINVAL;
+  return 0;
+}
+
+int px_readv(px_loop *loop, px_op *op, px_fd fd, const px_iov *iov, int iovcnt,
+             int64_t off, px_cb cb, void *data) {
+  int r = px__iov_ok(iov, iovcnt);
+  if (r < 0)
+    return r;
+  return px__io(loop, op, PX__OP_READV, fd, (void *)iov, (size_t)iovcnt, off,
+                cb, data);
+}
+
+int px_writev(px_loop *loop, px_op *op, px_fd fd, const px_iov *iov, int iovcnt,
+              int64_t off, px_cb cb, void *data) {
+  int r = px__iov_ok(iov, iovcnt);
+  if (r < 0)
+    return r;
+  return px__io(loop, op, PX__OP_WRITEV, fd, (void *)iov, (size_t)iovcnt, off,
+                cb, data);
+}
+
+int px_recv(px_loop *loop, px_op *op, px_fd fd, void *buf, size_t len, px_cb cb,
+            void *data) {
+  return px__io(loop, op, PX__OP_RECV, fd, buf, len, PX_CUR, cb, data);
+}
+
+int px_send(px_loop *loop, px_op *op, px_fd fd, const void *buf, size_t len,
+            px_cb cb, void *data) {
+  return px__io(loop, op, PX__OP_SEND, fd, (void *)buf, len, PX_CUR, cb, data);
+}
+
+/* Ops on a handle that carry no buffer: accept, connect, fsync. */
+static int px__handle_op(px_loop *loop, px_op *op, unsigned kind, px_fd fd,
+                         void *arg, uint16_t flags, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  px__fdent *e = px__check_fd(loop, fd);
+  if (e == NULL)
+    return PX_EBADF;
+  px__fill(op, kind, fd, cb, data);
+  op->buf = arg;
+  op->len = 0;
+  op->off = kind == PX__OP_ACCEPT ? PX_INVALID_FD : 0;
+  r = px__accept(loop, op, flags);
+  if (r < 0)
+    return r;
+  return px__route(loop, op, e);
+}
+
+int px_accept(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
+  return px__handle_op(loop, op, PX__OP_ACCEPT, fd, NULL, 0, cb, data);
+}
+
+int px_connect(px_loop *loop, px_op *op, px_fd fd, const px_addr *addr,
+               px_cb cb, void *data) {
+  if (addr == NULL || addr->len == 0 || addr->len > sizeof(addr->storage))
+    return PX_EINVAL;
+  return px__handle_op(loop, op, PX__OP_CONNECT, fd, (void *)addr, 0, cb, data);
+}
+
+int px_fsync(px_loop *loop, px_op *op, px_fd fd, unsigned flags, px_cb cb,
+             void *data) {
+  if (flags & ~PX_FSYNC_DATA)
+    return PX_EINVAL;
+  uint16_t f = (flags & PX_FSYNC_DATA) ? PX__F_DATASYNC : 0;
+  return px__handle_op(loop, op, PX__OP_FSYNC, fd, NULL, f, cb, data);
+}
+
+static void px__cancel_queue(px_loop *loop, px_op *op) {
+  while (op != NULL) {
+    px_op *next = op->next;
+    px__heap_remove(loop, op);
+    px__ready_push(loop, op, PX_ECANCELED);
+    op = next;
+  }
+}
+
+int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  px__fdent *e = px__check_fd(loop, fd);
+  if (e == NULL)
+    return PX_EBADF;
+  px__fill(op, PX__OP_CLOSE, fd, cb, data);
+  op->buf = NULL;
+  op->len = 0;
+  r = px__accept(loop, op, 0);
+  if (r < 0)
+    return r;
+  op->state = PX__CLOSING;
+  e->closing = op;
+  px_op *rq = e->rq_head, *wq = e->wq_head;
+  e->rq_head = e->rq_tail = e->wq_head = e->wq_tail = NULL;
+  px__cancel_queue(loop, rq);
+  px__cancel_queue(loop, wq);
+  if (e->started == 0)
+    px__close_start(loop, e);
+  else
+    PX__BK(loop)->cancel_fd(loop, fd);
+  return 0;
+}
+
+int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  if (ms > INT64_MAX / 2000000)
+    return PX_EINVAL;
+  px__fill(op, PX__OP_TIMEOUT, PX_INVALID_FD, cb, data);
+  op->len = loop->timer_seq++;
+  op->when = px__now_ns() + (int64_t)ms * 1000000;
+  op->flags &= PX__F_DL_SET;
+  if (op->flags)
+    return PX_EINVAL;
+  r = px__heap_push(loop, op);
+  if (r < 0)
+    return r;
+  op->state = PX__TIMER;
+  loop->stats.submitted++;
+  loop->stats.in_flight++;
+  return 0;
+}
+
+int px_nop(px_loop *loop, px_op *op, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  px__fill(op, PX__OP_NOP, PX_INVALID_FD, cb, data);
+  r = px__accept(loop, op, 0);
+  if (r < 0)
+    return r;
+  px__start(loop, op);
+  return 0;
+}
+
+/* The target's fate: 0 when a cancellation reached it, PX_ENOENT when it
+ * is not in flight, PX_EALREADY when it can no longer be stopped. */
+static int32_t px__cancel_target(px_loop *loop, px_op *op, px_op *target) {
+  switch (target->state) {
+    case PX__TIMER:
+      px__heap_remove(loop, target);
+      px__ready_push(loop, target, PX_ECANCELED);
+      return 0;
+    case PX__QUEUED:
+      px__queue_remove(px__fd_get(loop, target->fd), target);
+      px__heap_remove(loop, target);
+      px__ready_push(loop, target, PX_ECANCELED);
+      return 0;
+    case PX__STARTED:
+      if (target->kind == PX__OP_CANCEL || target->kind == PX__OP_CLOSE)
+        return PX_EALREADY;
+      op->state = PX__STARTED;
+      PX__BK(loop)->cancel(loop, target, op);
+      return 1; /* the backend completes op */
+    case PX__POSTED:
+    case PX__CLOSING:
+      return PX_EALREADY;
+    default:
+      return PX_ENOENT;
+  }
+}
+
+int px_cancel(px_loop *loop, px_op *op, px_op *target, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  if (target == NULL || target == op)
+    return PX_EINVAL;
+  px__fill(op, PX__OP_CANCEL, PX_INVALID_FD, cb, data);
+  op->buf = target;
+  r = px__accept(loop, op, 0);
+  if (r < 0)
+    return r;
+  int32_t res = px__cancel_target(loop, op, target);
+  if (res <= 0)
+    px__ready_push(loop, op, res);
+  return 0;
+}
