@@ -71,7 +71,7 @@ int px__errno(int err) {
       return PX_EOPNOTSUPP;
 #endif
 #ifdef ETIME
-    case ETIME: /* io_uring's timeout result */
+    case ETIME: /* a kernel timer's expiry */
       return PX_ETIMEDOUT;
 #endif
     case EINPROGRESS:

@@ -3,7 +3,7 @@
  *
  * Handles are created close-on-exec and in blocking mode; the backend's
  * adopt() then sets the mode it needs (readiness emulation wants
- * O_NONBLOCK, io_uring arms its own poll on a blocking socket).
+ * O_NONBLOCK, a completion-based kernel waits on a blocking socket itself).
  */
 #include <arpa/inet.h>
 #include <errno.h>
