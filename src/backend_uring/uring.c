@@ -63,6 +63,7 @@ typedef struct px__uring {
   bool enabled; /* created R_DISABLED and not enabled yet: false */
   bool stopping;
   bool wake_armed;            /* the eventfd read is in the ring */
+  bool wake_rearm;            /* ... and goes back when an SQE is free */
   px_op *ovf_head, *ovf_tail; /* ops waiting for an SQE */
 } px__uring;
 
@@ -120,8 +121,11 @@ static struct io_uring_sqe *px__sqe_now(px_loop *loop, px__uring *u) {
   return NULL;
 }
 
-static void px__wake_arm(px_loop *loop, px__uring *u) {
-  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+/* Re-arms the eventfd read.  Called while reaping, so it never forces a
+ * submit: without a free SQE the read is armed at the next poll. */
+static void px__wake_arm(px__uring *u) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  u->wake_rearm = sqe == NULL;
   if (sqe == NULL)
     return;
   io_uring_prep_read(sqe, u->wake_fd, &u->wake_buf, sizeof(u->wake_buf), 0);
@@ -333,7 +337,7 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res) {
   if (tag == PX__UD_WAKE) {
     u->wake_armed = false;
     if (!u->stopping)
-      px__wake_arm(loop, u);
+      px__wake_arm(u);
     px__wake_ack(loop);
     return;
   }
@@ -392,6 +396,8 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   int r = px__enable(u);
   if (r < 0)
     return r;
+  if (u->wake_rearm && !u->stopping)
+    px__wake_arm(u);
   r = px__ovf_flush(loop, u);
   if (r < 0)
     return r;
@@ -467,14 +473,17 @@ static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
     px__free(u);
     return r;
   }
-  int r = px__ring_init(u, opts->entries ? opts->entries : 256);
+  /* At least 8 SQEs, so that an op and its linked timeout always fit. */
+  unsigned entries = opts->entries ? opts->entries : 256;
+  entries = entries < 8 ? 8 : entries > 32768 ? 32768 : entries;
+  int r = px__ring_init(u, entries);
   if (r < 0) {
     close(u->wake_fd);
     px__free(u);
     return r;
   }
   loop->bk = u;
-  px__wake_arm(loop, u);
+  px__wake_arm(u);
   return 0;
 }
 
