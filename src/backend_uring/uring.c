@@ -35,7 +35,12 @@
  *   eventfd.  The eventfd is blocking, because io_uring hands EAGAIN back
  *   for a read on an O_NONBLOCK file instead of waiting for it.  The same
  *   holds for pipes, so adopt() clears O_NONBLOCK.
- * - send() runs with MSG_NOSIGNAL: no SIGPIPE, PX_EPIPE instead.
+ * - send() runs with MSG_NOSIGNAL: no SIGPIPE, PX_EPIPE instead.  A
+ *   stream write (a pipe, or write() on a socket) has no such flag, and the
+ *   kernel raises SIGPIPE in the thread that runs it: the submitting thread
+ *   inside io_uring_enter, inline or as task work.  While such a write is in
+ *   the ring, every enter runs under the core's SIGPIPE guard (two extra
+ *   sigprocmask calls, paid only by loops with stream writes pending).
  * - io_uring does not order two requests on one socket; the core queues
  *   stream ops so that at most one per direction reaches this file.
  */
@@ -65,6 +70,7 @@ typedef struct px__uring {
   bool wake_armed;            /* the eventfd read is in the ring */
   bool wake_rearm;            /* ... and goes back when an SQE is free */
   px_op *ovf_head, *ovf_tail; /* ops waiting for an SQE */
+  uint32_t stream_writes;     /* started writes that may raise SIGPIPE */
 } px__uring;
 
 /* Per-op state, inside op->backend. */
@@ -83,6 +89,11 @@ _Static_assert(sizeof(px_iov) == sizeof(struct iovec),
 
 static px__uop *px__uop_of(px_op *op) {
   return (px__uop *)(void *)op->backend;
+}
+
+static bool px__may_sigpipe(const px_op *op) {
+  return (op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV) &&
+         (op->flags & PX__F_STREAM);
 }
 
 static px__uring *px__u(px_loop *loop) {
@@ -114,7 +125,11 @@ static struct io_uring_sqe *px__sqe_now(px_loop *loop, px__uring *u) {
       return sqe;
     if (px__enable(u) < 0)
       return NULL;
+    px__sigpipe_guard g = {0};
+    if (u->stream_writes > 0)
+      px__sigpipe_block(&g);
     int r = io_uring_submit(&u->ring);
+    px__sigpipe_restore(&g);
     if (r == -EBUSY || r == -EAGAIN)
       px__reap(loop, u);
   }
@@ -253,9 +268,10 @@ static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
     list = op->next;
     op->next = NULL;
     px__uop_of(op)->on_ovf = 0;
-    if (all || (px__kind_has_fd(op->kind) && op->fd == fd))
+    if (all || (px__kind_has_fd(op->kind) && op->fd == fd)) {
+      u->stream_writes -= px__may_sigpipe(op);
       px__complete(loop, op, PX_ECANCELED);
-    else
+    } else
       px__ovf_push(u, op);
   }
 }
@@ -284,6 +300,7 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
 
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
+  u->stream_writes += px__may_sigpipe(op);
   if (u->ovf_head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
   return 0;
@@ -293,6 +310,7 @@ static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   px__uring *u = px__u(loop);
   if (px__uop_of(target)->on_ovf) {
     px__ovf_remove(u, target);
+    u->stream_writes -= px__may_sigpipe(target);
     px__complete(loop, target, PX_ECANCELED);
     if (cancel_op != NULL)
       px__complete(loop, cancel_op, 0);
@@ -351,6 +369,7 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res) {
     uo->res = res;
   if (--uo->cqes > 0)
     return;
+  u->stream_writes -= px__may_sigpipe(op);
   res = uo->res;
   if (res < 0) {
     bool stopped = res == -ECANCELED || res == -EINTR;
@@ -391,8 +410,22 @@ static void px__reap(px_loop *loop, px__uring *u) {
   }
 }
 
+static int px__poll_guarded(px_loop *loop, px__uring *u, int64_t timeout_ns);
+
 static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   px__uring *u = px__u(loop);
+  if (u->stream_writes == 0)
+    return px__poll_guarded(loop, u, timeout_ns);
+  px__sigpipe_guard g;
+  px__sigpipe_block(&g);
+  int r = px__poll_guarded(loop, u, timeout_ns);
+  px__sigpipe_restore(&g);
+  return r;
+}
+
+/* The poll itself; "guarded" because the caller set up the SIGPIPE guard
+ * when it is needed. */
+static int px__poll_guarded(px_loop *loop, px__uring *u, int64_t timeout_ns) {
   int r = px__enable(u);
   if (r < 0)
     return r;

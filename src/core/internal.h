@@ -119,6 +119,22 @@ void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 /* sock_*.c: platform handle operations. */
 int px__os_close(px_fd fd);
 
+/*
+ * A write to a pipe (or to a socket through write()) whose reader is gone
+ * raises SIGPIPE in the writing thread, and no flag turns that off the way
+ * MSG_NOSIGNAL does for send().  A backend that may write to such a handle
+ * wraps the write in a guard: SIGPIPE is blocked, and one raised inside the
+ * guard is consumed before the old mask comes back.  A SIGPIPE that was
+ * already pending is left alone.
+ */
+typedef struct px__sigpipe_guard {
+  bool active;
+  bool was_pending;
+  uint64_t old_mask[16]; /* a sigset_t */
+} px__sigpipe_guard;
+void px__sigpipe_block(px__sigpipe_guard *g);
+void px__sigpipe_restore(px__sigpipe_guard *g);
+
 static inline bool px__kind_has_fd(unsigned kind) {
   return kind >= PX__OP_READ && kind <= PX__OP_FSYNC;
 }

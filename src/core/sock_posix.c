@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -19,6 +21,34 @@
 
 _Static_assert(sizeof(struct sockaddr_in6) <= sizeof(((px_addr *)0)->storage),
                "px_addr holds an IPv6 address");
+
+_Static_assert(sizeof(sigset_t) <= sizeof(((px__sigpipe_guard *)0)->old_mask),
+               "the guard holds a sigset_t");
+
+void px__sigpipe_block(px__sigpipe_guard *g) {
+  sigset_t pipe_only, pending;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+  g->active = pthread_sigmask(SIG_BLOCK, &pipe_only,
+                              (sigset_t *)(void *)g->old_mask) == 0;
+}
+
+void px__sigpipe_restore(px__sigpipe_guard *g) {
+  if (!g->active)
+    return;
+  sigset_t pipe_only, pending;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  if (!g->was_pending && sigpending(&pending) == 0 &&
+      sigismember(&pending, SIGPIPE)) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, (sigset_t *)(void *)g->old_mask, NULL);
+  g->active = false;
+}
 
 int px__os_close(px_fd fd) {
   /* After close() fails with EINTR the descriptor is gone on Linux; do not
