@@ -1,0 +1,448 @@
+/* Files (positional and PX_CUR), fsync, and pipes. */
+#include "conf.h"
+
+void file_write_and_read_at_offsets(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  char buf[32];
+  static const char zeros[10] = {0};
+  (void)state;
+  assert_int_equal(sync_write(loop, fd, "hello", 5, 0), 5);
+  assert_int_equal(sync_write(loop, fd, "world", 5, 4096), 5);
+  assert_int_equal(sync_read(loop, fd, buf, 5, 4096), 5);
+  assert_memory_equal(buf, "world", 5);
+  assert_int_equal(sync_read(loop, fd, buf, 5, 0), 5);
+  assert_memory_equal(buf, "hello", 5);
+  /* The gap between the two writes reads as zeros. */
+  assert_int_equal(sync_read(loop, fd, buf, 10, 100), 10);
+  assert_memory_equal(buf, zeros, 10);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_read_past_eof_is_short(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  char buf[100];
+  (void)state;
+  assert_int_equal(sync_write(loop, fd, "0123456789", 10, 0), 10);
+  assert_int_equal(sync_read(loop, fd, buf, sizeof(buf), 4), 6);
+  assert_memory_equal(buf, "456789", 6);
+  assert_int_equal(sync_read(loop, fd, buf, sizeof(buf), 10), 0);
+  assert_int_equal(sync_read(loop, fd, buf, sizeof(buf), 1000), 0);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_writev_and_readv_at_offset(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  char a[4], b[16], head[3];
+  px_iov out[3] = {{"abc", 3}, {"defg", 4}, {"hi", 2}};
+  px_iov in[2] = {{a, sizeof(a)}, {b, sizeof(b)}};
+  px_op op = {0};
+  rec r = {0};
+  static const char zeros[3] = {0};
+  (void)state;
+  assert_int_equal(px_writev(loop, &op, fd, out, 3, 3, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 9);
+  assert_int_equal(px_readv(loop, &op, fd, in, 2, 3, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 2, 5000);
+  assert_int_equal(r.result, 9);
+  assert_memory_equal(a, "abcd", 4);
+  assert_memory_equal(b, "efghi", 5);
+  assert_int_equal(sync_read(loop, fd, head, 3, 0), 3);
+  assert_memory_equal(head, zeros, 3);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_write_at_cur_advances_the_position(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  char buf[16];
+  (void)state;
+  assert_int_equal(sync_write(loop, fd, "abc", 3, PX_CUR), 3);
+  assert_int_equal(sync_write(loop, fd, "def", 3, PX_CUR), 3);
+  assert_int_equal(sync_read(loop, fd, buf, sizeof(buf), 0), 6);
+  assert_memory_equal(buf, "abcdef", 6);
+  /* A positional read does not move the position: it is at the end. */
+  assert_int_equal(sync_read(loop, fd, buf, sizeof(buf), PX_CUR), 0);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_fsync_and_fdatasync_complete_with_zero(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  px_op op = {0};
+  rec r = {0};
+  (void)state;
+  assert_int_equal(sync_write(loop, fd, "durable", 7, 0), 7);
+  assert_int_equal(px_fsync(loop, &op, fd, 0, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 0);
+  assert_int_equal(sync_write(loop, fd, "data", 4, 7), 4);
+  assert_int_equal(px_fsync(loop, &op, fd, PX_FSYNC_DATA, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 2, 5000);
+  assert_int_equal(r.result, 0);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_open_of_missing_path_gives_enoent(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = PX_INVALID_FD;
+  (void)state;
+  assert_int_equal(pt_temp_path(path, sizeof(path), "missing"), 0);
+  assert_int_equal(px_file_open(loop, path, PX_O_RDONLY, 0, &fd), PX_ENOENT);
+  finish(loop);
+}
+
+void file_open_excl_of_existing_path_gives_eexist(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  px_fd again = PX_INVALID_FD;
+  (void)state;
+  assert_int_equal(px_file_open(loop, path, PX_O_RDWR | PX_O_CREAT | PX_O_EXCL,
+                                0600, &again),
+                   PX_EEXIST);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void close_of_file_completes_with_zero(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  px_op op = {0};
+  rec r = {0};
+  char buf[4];
+  (void)state;
+  px_op other = {0};
+  rec o = {0};
+  assert_int_equal(px_close(loop, &op, fd, rec_cb, &r), 0);
+  /* From the close call on, the handle is refused. */
+  assert_int_equal(px_read(loop, &other, fd, buf, sizeof(buf), 0, rec_cb, &o),
+                   PX_EBADF);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 0);
+  assert_int_equal(px_read(loop, &other, fd, buf, sizeof(buf), 0, rec_cb, &o),
+                   PX_EBADF);
+  assert_int_equal(px_fsync(loop, &other, fd, 0, rec_cb, &o), PX_EBADF);
+  settle(loop);
+  assert_int_equal(r.calls, 1);
+  assert_int_equal(o.calls, 0);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void pipe_write_and_read_at_cur(void **state) {
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  char buf[64];
+  (void)state;
+  assert_int_equal(px_pipe(loop, p), 0);
+  assert_int_equal(sync_write(loop, p[1], "through the pipe", 16, PX_CUR), 16);
+  assert_int_equal(sync_read(loop, p[0], buf, sizeof(buf), PX_CUR), 16);
+  assert_memory_equal(buf, "through the pipe", 16);
+  close_fd(loop, p[0]);
+  close_fd(loop, p[1]);
+  finish(loop);
+}
+
+void pipe_writev_and_readv_at_cur(void **state) {
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  char a[4], b[16];
+  px_iov out[3] = {{"abc", 3}, {"defg", 4}, {"hi", 2}};
+  px_iov in[2] = {{a, sizeof(a)}, {b, sizeof(b)}};
+  px_op op = {0};
+  rec r = {0};
+  (void)state;
+  assert_int_equal(px_pipe(loop, p), 0);
+  assert_int_equal(px_writev(loop, &op, p[1], out, 3, PX_CUR, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 9);
+  assert_int_equal(px_readv(loop, &op, p[0], in, 2, PX_CUR, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 2, 5000);
+  assert_int_equal(r.result, 9);
+  assert_memory_equal(a, "abcd", 4);
+  assert_memory_equal(b, "efghi", 5);
+  close_fd(loop, p[0]);
+  close_fd(loop, p[1]);
+  finish(loop);
+}
+
+void pipe_read_gives_zero_after_writer_closed(void **state) {
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  px_op rop = {0}, cop = {0};
+  rec rr = {0}, cr = {0};
+  char buf[16];
+  (void)state;
+  assert_int_equal(px_pipe(loop, p), 0);
+  assert_int_equal(sync_write(loop, p[1], "last", 4, PX_CUR), 4);
+  assert_int_equal(px_close(loop, &cop, p[1], rec_cb, &cr), 0);
+  RUN_UNTIL(loop, cr.calls == 1, 5000);
+  assert_int_equal(cr.result, 0);
+  assert_int_equal(sync_read(loop, p[0], buf, sizeof(buf), PX_CUR), 4);
+  assert_int_equal(
+      px_read(loop, &rop, p[0], buf, sizeof(buf), PX_CUR, rec_cb, &rr), 0);
+  RUN_UNTIL(loop, rr.calls == 1, 5000);
+  assert_int_equal(rr.result, 0);
+  close_fd(loop, p[0]);
+  finish(loop);
+}
+
+/* ---- A stream transfer driven by callbacks, used for pipes and TCP. ---- */
+
+enum { XFER_TOTAL = 1 << 20, XFER_CHUNK = 64 * 1024 };
+
+typedef struct xfer {
+  px_fd out, in;
+  int is_pipe;
+  uint8_t *src, *dst;
+  size_t sent, received;
+  int writes, send_err, recv_err, eof;
+  px_op sop, rop, cop;
+  rec cr;
+} xfer;
+
+static int xfer_submit_send(px_loop *loop, xfer *x);
+static int xfer_submit_recv(px_loop *loop, xfer *x);
+
+static void xfer_send_cb(px_loop *loop, px_op *op) {
+  xfer *x = op->data;
+  if (op->result <= 0) {
+    x->send_err = op->result ? op->result : PX_EUNKNOWN;
+    return;
+  }
+  x->sent += (size_t)op->result;
+  x->writes++;
+  if (x->sent < XFER_TOTAL) {
+    int rc = xfer_submit_send(loop, x);
+    if (rc != 0)
+      x->send_err = rc;
+  } else if (x->is_pipe) {
+    int rc = px_close(loop, &x->cop, x->out, rec_cb, &x->cr);
+    if (rc != 0)
+      x->send_err = rc;
+  } else {
+    x->send_err = px_shutdown_write(x->out);
+  }
+}
+
+static void xfer_recv_cb(px_loop *loop, px_op *op) {
+  xfer *x = op->data;
+  if (op->result < 0) {
+    x->recv_err = op->result;
+    return;
+  }
+  if (op->result == 0) {
+    x->eof = 1;
+    return;
+  }
+  x->received += (size_t)op->result;
+  int rc = xfer_submit_recv(loop, x);
+  if (rc != 0)
+    x->recv_err = rc;
+}
+
+/* The whole rest in one call: the kernel takes what fits and the result
+ * says how much, so short writes are exercised. */
+static int xfer_submit_send(px_loop *loop, xfer *x) {
+  size_t len = XFER_TOTAL - x->sent;
+  if (x->is_pipe)
+    return px_write(loop, &x->sop, x->out, x->src + x->sent, len, PX_CUR,
+                    xfer_send_cb, x);
+  return px_send(loop, &x->sop, x->out, x->src + x->sent, len, xfer_send_cb, x);
+}
+
+/* dst has room for one chunk past the total, so extra bytes are seen. */
+static int xfer_submit_recv(px_loop *loop, xfer *x) {
+  size_t room = XFER_TOTAL + XFER_CHUNK - x->received;
+  size_t len = room < XFER_CHUNK ? room : XFER_CHUNK;
+  if (len == 0) {
+    x->recv_err = PX_EMSGSIZE;
+    return 0;
+  }
+  if (x->is_pipe)
+    return px_read(loop, &x->rop, x->in, x->dst + x->received, len, PX_CUR,
+                   xfer_recv_cb, x);
+  return px_recv(loop, &x->rop, x->in, x->dst + x->received, len, xfer_recv_cb,
+                 x);
+}
+
+static void stream_transfer_1mib(px_loop *loop, px_fd out, px_fd in,
+                                 int is_pipe) {
+  xfer *x = calloc(1, sizeof(*x));
+  assert_non_null(x);
+  x->out = out;
+  x->in = in;
+  x->is_pipe = is_pipe;
+  x->src = malloc(XFER_TOTAL);
+  x->dst = calloc(1, XFER_TOTAL + XFER_CHUNK);
+  assert_non_null(x->src);
+  assert_non_null(x->dst);
+  uint32_t seed = 12345;
+  for (size_t i = 0; i < XFER_TOTAL; i++) {
+    seed = seed * 1103515245u + 12345u;
+    x->src[i] = (uint8_t)(seed >> 16);
+  }
+  assert_int_equal(xfer_submit_recv(loop, x), 0);
+  assert_int_equal(xfer_submit_send(loop, x), 0);
+  RUN_UNTIL(loop, x->eof || x->recv_err || x->send_err, 20000);
+  if (is_pipe)
+    RUN_UNTIL(loop, x->cr.calls == 1, 5000);
+  assert_int_equal(x->send_err, 0);
+  assert_int_equal(x->recv_err, 0);
+  assert_int_equal(x->sent, XFER_TOTAL);
+  assert_int_equal(x->received, XFER_TOTAL);
+  assert_true(x->eof);
+  assert_memory_equal(x->dst, x->src, XFER_TOTAL);
+  if (is_pipe)
+    assert_int_equal(x->cr.result, 0);
+  free(x->src);
+  free(x->dst);
+  free(x);
+}
+
+void pipe_transfers_1mib_byte_exact(void **state) {
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  (void)state;
+  assert_int_equal(px_pipe(loop, p), 0);
+  stream_transfer_1mib(loop, p[1], p[0], 1);
+  close_fd(loop, p[0]);
+  finish(loop);
+}
+
+void tcp_transfers_1mib_byte_exact(void **state) {
+  px_loop *loop = new_loop();
+  px_fd c, s;
+  (void)state;
+  tcp_pair(loop, &c, &s);
+  assert_int_equal(px_tcp_nodelay(c, 1), 0);
+  stream_transfer_1mib(loop, c, s, 0);
+  close_fd(loop, c);
+  close_fd(loop, s);
+  finish(loop);
+}
+
+void file_reads_at_cur_complete_in_order_and_advance(void **state) {
+  enum { N = 4, LEN = 16 };
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  uint8_t data[N * LEN], buf[N][LEN], tail[8];
+  px_op ops[N];
+  rec r[N];
+  (void)state;
+  memset(ops, 0, sizeof(ops));
+  memset(r, 0, sizeof(r));
+  for (int i = 0; i < N * LEN; i++)
+    data[i] = (uint8_t)(i * 3 + 1);
+  /* A positional write leaves the position at 0. */
+  assert_int_equal(sync_write(loop, fd, data, sizeof(data), 0),
+                   (int)sizeof(data));
+  for (int k = 0; k < N; k++)
+    assert_int_equal(
+        px_read(loop, &ops[k], fd, buf[k], LEN, PX_CUR, rec_cb, &r[k]), 0);
+  RUN_UNTIL(loop, g_seq == 1 + N, 5000);
+  for (int k = 0; k < N; k++) {
+    assert_int_equal(r[k].calls, 1);
+    assert_int_equal(r[k].result, LEN);
+    assert_memory_equal(buf[k], data + k * LEN, LEN);
+    if (k > 0 && r[k].order < r[k - 1].order)
+      fail_msg("read %d completed before read %d", k, k - 1);
+  }
+  assert_int_equal(sync_read(loop, fd, tail, sizeof(tail), PX_CUR), 0);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void pipe_writes_at_cur_complete_in_submission_order(void **state) {
+  enum { N = 32, LEN = 4096 };
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  px_op w[N], rop = {0};
+  rec wr[N], rr = {0};
+  uint8_t *src = malloc(N * LEN), *dst = calloc(1, N * LEN);
+  size_t got = 0;
+  (void)state;
+  assert_non_null(src);
+  assert_non_null(dst);
+  memset(w, 0, sizeof(w));
+  memset(wr, 0, sizeof(wr));
+  for (int i = 0; i < N * LEN; i++)
+    src[i] = (uint8_t)((i / LEN + 1) ^ (i % 253));
+  assert_int_equal(px_pipe(loop, p), 0);
+  /* Twice what a pipe holds, queued at once before anyone reads. */
+  for (int k = 0; k < N; k++)
+    assert_int_equal(
+        px_write(loop, &w[k], p[1], src + k * LEN, LEN, PX_CUR, rec_cb, &wr[k]),
+        0);
+  while (got < (size_t)N * LEN) {
+    int calls = rr.calls;
+    assert_int_equal(px_read(loop, &rop, p[0], dst + got, N * LEN - got, PX_CUR,
+                             rec_cb, &rr),
+                     0);
+    RUN_UNTIL(loop, rr.calls == calls + 1, 5000);
+    assert_true(rr.result > 0);
+    got += (size_t)rr.result;
+  }
+  RUN_UNTIL(loop, wr[N - 1].calls == 1, 5000);
+  for (int k = 0; k < N; k++) {
+    assert_int_equal(wr[k].calls, 1);
+    assert_int_equal(wr[k].result, LEN);
+    if (k > 0 && wr[k].order < wr[k - 1].order)
+      fail_msg("write %d completed before write %d", k, k - 1);
+  }
+  assert_memory_equal(dst, src, N * LEN);
+  free(src);
+  free(dst);
+  close_fd(loop, p[0]);
+  close_fd(loop, p[1]);
+  finish(loop);
+}
+
+void writev_accepts_1024_iovecs(void **state) {
+  enum { N = 1024 };
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  static uint8_t data[N], back[N];
+  static px_iov iov[N];
+  px_op op = {0};
+  rec r = {0};
+  (void)state;
+  for (int i = 0; i < N; i++) {
+    data[i] = (uint8_t)(i * 7);
+    iov[i].base = &data[i];
+    iov[i].len = 1;
+  }
+  assert_int_equal(px_writev(loop, &op, fd, iov, N, 0, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, N);
+  assert_int_equal(sync_read(loop, fd, back, N, 0), N);
+  assert_memory_equal(back, data, N);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}

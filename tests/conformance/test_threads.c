@@ -1,0 +1,382 @@
+/* px_wait, px_post from other threads, px_loop_wakeup. */
+#include "conf.h"
+
+#include <stdatomic.h>
+
+void wait_hands_back_completed_ops_without_callbacks(void **state) {
+  enum { N = 32 };
+  px_loop *loop = new_loop();
+  px_op ops[N];
+  rec r[N];
+  int seen[N] = {0};
+  px_op *out[64];
+  int got = 0;
+  px_stats s;
+  (void)state;
+  memset(ops, 0, sizeof(ops));
+  memset(r, 0, sizeof(r));
+  /* Half with a callback (which px_wait must not run), half without. */
+  for (int i = 0; i < N; i++)
+    assert_int_equal(px_nop(loop, &ops[i], i % 2 ? rec_cb : NULL, &r[i]), 0);
+  uint64_t deadline = pt_now_ms() + 5000;
+  while (got < N && pt_now_ms() < deadline) {
+    int n = px_wait(loop, out, 64, 1000);
+    assert_true(n >= 0 && n <= 64);
+    for (int k = 0; k < n; k++) {
+      assert_true(out[k] >= ops && out[k] < ops + N);
+      seen[out[k] - ops]++;
+    }
+    got += n;
+  }
+  assert_int_equal(got, N);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(seen[i], 1);
+    assert_int_equal(ops[i].result, 0);
+    assert_ptr_equal(ops[i].data, &r[i]);
+    assert_int_equal(r[i].calls, 0);
+  }
+  assert_int_equal(px_wait(loop, out, 64, 0), 0);
+  px_loop_stats(loop, &s);
+  assert_int_equal(s.completed, N);
+  finish(loop);
+}
+
+void wait_leaves_ops_it_did_not_hand_back_queued(void **state) {
+  px_loop *loop = new_loop();
+  px_op ops[3] = {{0}};
+  rec r[3] = {{0}};
+  px_op *out[1];
+  int handed[3] = {0};
+  (void)state;
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(px_nop(loop, &ops[i], rec_cb, &r[i]), 0);
+  /* One at a time: the others stay queued... */
+  for (int k = 0; k < 2; k++) {
+    int n = 0;
+    uint64_t deadline = pt_now_ms() + 5000;
+    while (n == 0 && pt_now_ms() < deadline)
+      n = px_wait(loop, out, 1, 1000);
+    assert_int_equal(n, 1);
+    assert_true(out[0] >= ops && out[0] < ops + 3);
+    handed[out[0] - ops]++;
+  }
+  /* ... and the last one goes to px_run, which runs its callback. */
+  RUN_UNTIL(loop, g_seq == 1, 5000);
+  settle(loop);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(handed[i] + r[i].calls, 1);
+    assert_int_equal(ops[i].result, 0);
+  }
+  finish(loop);
+}
+
+void wait_times_out_with_nothing_in_flight(void **state) {
+  px_loop *loop = new_loop();
+  px_op *out[4];
+  (void)state;
+  uint64_t t0 = pt_now_ms();
+  assert_int_equal(px_wait(loop, out, 4, 50), 0);
+  uint64_t elapsed = pt_now_ms() - t0;
+  if (elapsed < 50)
+    fail_msg("px_wait(50 ms) returned after %d ms", (int)elapsed);
+  assert_true(elapsed < 50 + 1000);
+  assert_int_equal(px_wait(loop, out, 4, 0), 0);
+  finish(loop);
+}
+
+/* ---- Other threads. ----------------------------------------------------- */
+
+typedef struct waker {
+  px_loop *loop;
+  atomic_int stop;
+  px_op *post; /* post this op instead of waking, when set */
+} waker;
+
+/* Wakes the loop every few ms until told to stop: one of the wakeups lands
+ * while the loop thread is blocked, whatever the scheduling. */
+static void wake_repeatedly(void *arg) {
+  waker *w = arg;
+  while (!atomic_load(&w->stop)) {
+    px_loop_wakeup(w->loop);
+    pt_sleep_ms(5);
+  }
+}
+
+static void wake_once(void *arg) {
+  waker *w = arg;
+  px_loop_wakeup(w->loop);
+}
+
+/* The delay only makes it likely that px_wait is already blocked when the
+ * post arrives; the test passes either way. */
+static void post_later(void *arg) {
+  waker *w = arg;
+  pt_sleep_ms(30);
+  if (px_post(w->loop, w->post, rec_cb, w->post->data) != 0)
+    atomic_store(&w->stop, -1);
+}
+
+void wakeup_from_another_thread_wakes_blocked_run_once(void **state) {
+  px_loop *loop = new_loop();
+  px_op t = {0}, c = {0};
+  rec tr = {0}, cr = {0};
+  waker w = {loop, 0, NULL};
+  pt_thread *th;
+  (void)state;
+  assert_int_equal(px_timeout(loop, &t, 10000, rec_cb, &tr), 0);
+  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
+  assert_int_equal(pt_thread_start(&th, wake_repeatedly, &w), 0);
+  uint64_t t0 = pt_now_ms();
+  int rc = px_run(loop, PX_RUN_ONCE);
+  uint64_t elapsed = pt_now_ms() - t0;
+  atomic_store(&w.stop, 1);
+  pt_thread_join(th);
+  assert_int_equal(rc, 1);
+  assert_true(elapsed < 2000);
+  assert_int_equal(tr.calls, 0);
+  assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, tr.calls == 1 && cr.calls == 1, 2000);
+  finish(loop);
+}
+
+void wakeup_sent_before_run_is_not_lost(void **state) {
+  px_loop *loop = new_loop();
+  px_op t = {0}, c = {0};
+  rec tr = {0}, cr = {0};
+  waker w = {loop, 0, NULL};
+  pt_thread *th;
+  (void)state;
+  assert_int_equal(px_timeout(loop, &t, 5000, rec_cb, &tr), 0);
+  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
+  /* The wakeup is sent and the thread is gone before px_run blocks. */
+  assert_int_equal(pt_thread_start(&th, wake_once, &w), 0);
+  pt_thread_join(th);
+  uint64_t t0 = pt_now_ms();
+  assert_int_equal(px_run(loop, PX_RUN_ONCE), 1);
+  assert_true(pt_now_ms() - t0 < 2000);
+  assert_int_equal(tr.calls, 0);
+  assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, tr.calls == 1 && cr.calls == 1, 2000);
+  finish(loop);
+}
+
+void wakeup_from_another_thread_returns_blocked_wait(void **state) {
+  px_loop *loop = new_loop();
+  waker w = {loop, 0, NULL};
+  pt_thread *th;
+  px_op *out[4];
+  (void)state;
+  assert_int_equal(pt_thread_start(&th, wake_repeatedly, &w), 0);
+  uint64_t t0 = pt_now_ms();
+  int n = px_wait(loop, out, 4, -1);
+  uint64_t elapsed = pt_now_ms() - t0;
+  atomic_store(&w.stop, 1);
+  pt_thread_join(th);
+  assert_int_equal(n, 0);
+  assert_true(elapsed < 2000);
+  finish(loop);
+}
+
+void post_from_another_thread_wakes_wait_forever(void **state) {
+  px_loop *loop = new_loop();
+  px_op op = {0};
+  rec r = {0};
+  waker w = {loop, 0, &op};
+  pt_thread *th;
+  px_op *out[4];
+  int n = 0;
+  (void)state;
+  op.data = &r;
+  assert_int_equal(pt_thread_start(&th, post_later, &w), 0);
+  /* A wakeup may return 0; the posted op must come in a later call. */
+  uint64_t deadline = pt_now_ms() + 5000;
+  while (n == 0 && pt_now_ms() < deadline && atomic_load(&w.stop) == 0)
+    n = px_wait(loop, out, 4, -1);
+  pt_thread_join(th);
+  assert_int_equal(atomic_load(&w.stop), 0);
+  assert_int_equal(n, 1);
+  assert_ptr_equal(out[0], &op);
+  assert_int_equal(op.result, 0);
+  assert_ptr_equal(op.data, &r);
+  assert_int_equal(r.calls, 0);
+  finish(loop);
+}
+
+enum { POSTERS = 4, POSTS = 10000 };
+
+typedef struct poster {
+  px_loop *loop;
+  px_op *ops;
+  int *calls;
+  int next;       /* index the next callback should carry */
+  int misordered; /* callbacks out of posting order */
+  atomic_int errors;
+} poster;
+
+static int g_posted_total;
+
+static void poster_cb(px_loop *loop, px_op *op) {
+  poster *p = op->data;
+  int i = (int)(op - p->ops);
+  (void)loop;
+  p->calls[i]++;
+  if (i != p->next || op->result != 0)
+    p->misordered++;
+  p->next = i + 1;
+  g_posted_total++;
+}
+
+static void post_many(void *arg) {
+  poster *p = arg;
+  for (int i = 0; i < POSTS; i++)
+    if (px_post(p->loop, &p->ops[i], poster_cb, p) != 0)
+      atomic_fetch_add(&p->errors, 1);
+}
+
+void posts_from_four_threads_are_each_delivered_once_in_order(void **state) {
+  px_loop *loop = new_loop();
+  poster p[POSTERS];
+  pt_thread *th[POSTERS];
+  px_stats s;
+  (void)state;
+  g_posted_total = 0;
+  for (int t = 0; t < POSTERS; t++) {
+    p[t].loop = loop;
+    p[t].ops = calloc(POSTS, sizeof(px_op));
+    p[t].calls = calloc(POSTS, sizeof(int));
+    assert_non_null(p[t].ops);
+    assert_non_null(p[t].calls);
+    p[t].next = 0;
+    p[t].misordered = 0;
+    atomic_init(&p[t].errors, 0);
+  }
+  for (int t = 0; t < POSTERS; t++)
+    assert_int_equal(pt_thread_start(&th[t], post_many, &p[t]), 0);
+  RUN_UNTIL(loop, g_posted_total == POSTERS * POSTS, 20000);
+  for (int t = 0; t < POSTERS; t++)
+    pt_thread_join(th[t]);
+  px_loop_stats(loop, &s);
+  assert_int_equal(s.submitted, POSTERS * POSTS);
+  assert_int_equal(s.completed, POSTERS * POSTS);
+  settle(loop);
+  assert_int_equal(g_posted_total, POSTERS * POSTS);
+  for (int t = 0; t < POSTERS; t++) {
+    assert_int_equal(atomic_load(&p[t].errors), 0);
+    assert_int_equal(p[t].misordered, 0);
+    for (int i = 0; i < POSTS; i++)
+      if (p[t].calls[i] != 1)
+        fail_msg("post %d of thread %d ran %d times", i, t, p[t].calls[i]);
+    free(p[t].ops);
+    free(p[t].calls);
+  }
+  finish(loop);
+}
+
+/* ---- Loops and threads. ------------------------------------------------- */
+
+typedef struct worker {
+  px_loop *loop; /* NULL: the thread makes (and frees) its own */
+  int rounds;
+  int done;
+  char error[160]; /* first failure, "" if none */
+} worker;
+
+typedef struct wrec {
+  int calls, result;
+} wrec;
+
+static void wrec_cb(px_loop *loop, px_op *op) {
+  wrec *w = op->data;
+  (void)loop;
+  w->calls++;
+  w->result = op->result;
+}
+
+/* No cmocka asserts off the main thread: failures are written down. */
+static int worker_run(worker *w, const wrec *r, int calls) {
+  uint64_t deadline = pt_now_ms() + 5000;
+  while (r->calls < calls && pt_now_ms() < deadline) {
+    int rc = px_run(w->loop, PX_RUN_ONCE);
+    if (rc < 0) {
+      snprintf(w->error, sizeof(w->error), "px_run: %s", px_strerror(rc));
+      return -1;
+    }
+  }
+  if (r->calls < calls)
+    snprintf(w->error, sizeof(w->error), "no completion within 5 s");
+  return r->calls < calls ? -1 : 0;
+}
+
+/* Ping-pong over a socketpair, a nop and a short timeout per round. */
+static void worker_main(void *arg) {
+  worker *w = arg;
+  int own = w->loop == NULL;
+  px_fd sp[2];
+  px_op s = {0}, r = {0}, n = {0}, t = {0};
+  wrec sr = {0}, rr = {0}, nr = {0}, tr = {0};
+  char buf[16];
+  if (own && px_loop_new(&w->loop, NULL) != 0) {
+    snprintf(w->error, sizeof(w->error), "px_loop_new failed");
+    return;
+  }
+  if (px_socketpair(w->loop, sp) != 0) {
+    snprintf(w->error, sizeof(w->error), "px_socketpair failed");
+    return;
+  }
+  for (int i = 0; i < w->rounds && w->error[0] == '\0'; i++) {
+    if (px_recv(w->loop, &r, sp[1], buf, sizeof(buf), wrec_cb, &rr) != 0 ||
+        px_send(w->loop, &s, sp[0], "ping", 4, wrec_cb, &sr) != 0 ||
+        px_nop(w->loop, &n, wrec_cb, &nr) != 0 ||
+        px_timeout(w->loop, &t, 1, wrec_cb, &tr) != 0) {
+      snprintf(w->error, sizeof(w->error), "a submit failed in round %d", i);
+      break;
+    }
+    if (worker_run(w, &tr, i + 1) < 0 || worker_run(w, &rr, i + 1) < 0 ||
+        worker_run(w, &sr, i + 1) < 0 || worker_run(w, &nr, i + 1) < 0)
+      break;
+    if (rr.result != 4 || sr.result != 4 || nr.result != 0 || tr.result != 0)
+      snprintf(w->error, sizeof(w->error), "round %d: results %d %d %d %d", i,
+               rr.result, sr.result, nr.result, tr.result);
+    w->done++;
+  }
+  px_fd_close(w->loop, sp[0]);
+  px_fd_close(w->loop, sp[1]);
+  if (own && px_loop_free(w->loop) != 0 && w->error[0] == '\0')
+    snprintf(w->error, sizeof(w->error), "px_loop_free failed");
+}
+
+void loops_on_separate_threads_run_independently(void **state) {
+  enum { T = 4 };
+  worker w[T];
+  pt_thread *th[T];
+  (void)state;
+  memset(w, 0, sizeof(w));
+  for (int i = 0; i < T; i++) {
+    w[i].rounds = 200;
+    assert_int_equal(pt_thread_start(&th[i], worker_main, &w[i]), 0);
+  }
+  for (int i = 0; i < T; i++)
+    pt_thread_join(th[i]);
+  for (int i = 0; i < T; i++) {
+    if (w[i].error[0] != '\0')
+      fail_msg("thread %d: %s", i, w[i].error);
+    assert_int_equal(w[i].done, w[i].rounds);
+  }
+}
+
+/* The common hand-off: a loop made here, run by a worker thread, and freed
+ * here once the worker has finished with it (nothing in flight). */
+void loop_made_on_one_thread_runs_on_another(void **state) {
+  worker w;
+  pt_thread *th;
+  (void)state;
+  memset(&w, 0, sizeof(w));
+  w.loop = new_loop();
+  w.rounds = 20;
+  assert_int_equal(pt_thread_start(&th, worker_main, &w), 0);
+  pt_thread_join(th);
+  if (w.error[0] != '\0')
+    fail_msg("worker: %s", w.error);
+  assert_int_equal(w.done, w.rounds);
+  finish(w.loop);
+}
