@@ -259,7 +259,8 @@ static void px__ovf_remove(px__uring *u, px_op *op) {
   }
 }
 
-/* Completes, without the kernel, the overflow ops that match. */
+/* Completes, without the kernel, the overflow ops that match.  A close
+ * stays: it must still run, or the handle would leak. */
 static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
   px_op *list = u->ovf_head;
   u->ovf_head = u->ovf_tail = NULL;
@@ -268,7 +269,9 @@ static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
     list = op->next;
     op->next = NULL;
     px__uop_of(op)->on_ovf = 0;
-    if (all || (px__kind_has_fd(op->kind) && op->fd == fd)) {
+    bool match = all ? op->kind != PX__OP_CLOSE
+                     : px__kind_has_fd(op->kind) && op->fd == fd;
+    if (match) {
       u->stream_writes -= px__may_sigpipe(op);
       px__complete(loop, op, PX_ECANCELED);
     } else

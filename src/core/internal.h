@@ -17,8 +17,8 @@ enum px__kind {
   PX__OP_SEND,
   PX__OP_ACCEPT,
   PX__OP_CONNECT,
+  PX__OP_FSYNC, /* the kinds above act on a handle and count as its ops */
   PX__OP_CLOSE,
-  PX__OP_FSYNC,
   PX__OP_TIMEOUT,
   PX__OP_CANCEL,
   PX__OP_NOP,
@@ -135,6 +135,7 @@ typedef struct px__sigpipe_guard {
 void px__sigpipe_block(px__sigpipe_guard *g);
 void px__sigpipe_restore(px__sigpipe_guard *g);
 
+/* Ops counted on their handle (a close is the handle's end, not its op). */
 static inline bool px__kind_has_fd(unsigned kind) {
   return kind >= PX__OP_READ && kind <= PX__OP_FSYNC;
 }

@@ -91,17 +91,18 @@ static px_op *px__queue_pop(px_op **head, px_op **tail) {
 
 void px__start(px_loop *loop, px_op *op) {
   const px__backend *bk = PX__BK(loop);
-  if ((op->flags & PX__F_DEADLINE) && (bk->caps & PX_CAP_KERNEL_DEADLINE)) {
-    px__heap_remove(loop, op);
-    if (op->when <= px__now_ns()) {
-      px__ready_push(loop, op, PX_ETIMEDOUT);
-      return;
-    }
-  }
   px__fdent *e = px__kind_has_fd(op->kind) ? px__fd_get(loop, op->fd) : NULL;
   op->state = PX__STARTED;
   if (e != NULL)
     e->started++;
+  if ((op->flags & PX__F_DEADLINE) && (bk->caps & PX_CAP_KERNEL_DEADLINE)) {
+    px__heap_remove(loop, op);
+    if (op->when <= px__now_ns()) {
+      /* Through px__complete, so that the handle's next op starts. */
+      px__complete(loop, op, PX_ETIMEDOUT);
+      return;
+    }
+  }
   int r = bk->submit(loop, op);
   if (r < 0)
     px__complete(loop, op, r);
@@ -279,13 +280,16 @@ int px_run(px_loop *loop, px_run_mode mode) {
   loop->stop = false;
   loop->now = px__now_ns();
   px__timers_run(loop);
-  px__dispatch(loop);
+  /* ONCE waits only when nothing was ready: it returns after one round of
+   * callbacks either way. */
+  bool ran = px__dispatch(loop) > 0;
   for (;;) {
     if (loop->stop)
       return px__alive(loop) ? 1 : 0;
     if (!px__alive(loop))
       return 0;
-    int r = px__iterate(loop, mode == PX_RUN_NOWAIT ? 0 : -1);
+    bool block = mode == PX_RUN_DEFAULT || (mode == PX_RUN_ONCE && !ran);
+    int r = px__iterate(loop, block ? -1 : 0);
     px__dispatch(loop);
     if (r < 0)
       return r;

@@ -55,7 +55,7 @@ static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
   int64_t ms = op->when;
   op->flags = flags;
   if (dl) {
-    if (!px__kind_has_fd(op->kind) || op->kind == PX__OP_CLOSE)
+    if (!px__kind_has_fd(op->kind))
       return PX_EINVAL;
     op->flags |= PX__F_DEADLINE;
     op->when = loop->now = px__now_ns();
