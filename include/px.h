@@ -222,7 +222,8 @@ PX_API int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms);
 
 /* Thread-safe: op completes on the loop's thread with result 0. */
 PX_API int px_post(px_loop *loop, px_op *op, px_cb cb, void *data);
-/* Thread-safe: a blocked px_run/px_wait returns to its caller's loop once. */
+/* Thread-safe: the current or next blocking wait of px_run(ONCE) or px_wait
+ * returns (latched, never lost); px_run(DEFAULT) just goes round again. */
 PX_API void px_loop_wakeup(px_loop *loop);
 
 /* ---- Statistics. ------------------------------------------------------ */
@@ -273,7 +274,8 @@ PX_API int px_file_open(px_loop *loop, const char *path, unsigned flags,
 /* Makes a handle created elsewhere usable with this loop. */
 PX_API int px_adopt(px_loop *loop, px_fd fd);
 /* Closes a handle now, outside any op.  Refused with PX_EBUSY while ops on it
- * are in flight (use px_close).  loop may be NULL for a handle px never saw. */
+ * are in flight (use px_close).  loop may be NULL for a handle no live loop
+ * knows (never adopted, or its loop was freed). */
 PX_API int px_fd_close(px_loop *loop, px_fd fd);
 /* Closes a TCP connection with a reset (SO_LINGER 0) instead of a FIN. */
 PX_API int px_fd_close_reset(px_loop *loop, px_fd fd);
