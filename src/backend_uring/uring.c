@@ -12,7 +12,9 @@
  *   then COOP_TASKRUN, then no flags at all.
  * - Batching.  Submit calls only fill SQEs; the one io_uring_enter per loop
  *   iteration submits them and waits (EXT_ARG carries the timeout, so the
- *   wait needs no timeout SQE).
+ *   wait needs no timeout SQE).  The ring fd is registered with the thread
+ *   that enables the ring, which saves a file lookup per enter; that
+ *   registration is per thread, one more reason a ring stays with it.
  * - SQ full.  An op that finds no SQE waits on an intrusive overflow list
  *   (op->next, no allocation) and is moved into the SQ at the next
  *   iteration, submitting as often as needed to make room.  An op with a
@@ -111,6 +113,9 @@ static int px__enable(px__uring *u) {
   if (r < 0)
     return px__errno(-r);
   u->enabled = true;
+  /* The ring now belongs to this thread: register its fd with the thread
+   * so that io_uring_enter skips the file table lookup.  Optional. */
+  io_uring_register_ring_fd(&u->ring);
   return 0;
 }
 
