@@ -38,11 +38,15 @@
  *   for a read on an O_NONBLOCK file instead of waiting for it.  The same
  *   holds for pipes, so adopt() clears O_NONBLOCK.
  * - send() runs with MSG_NOSIGNAL: no SIGPIPE, PX_EPIPE instead.  A
- *   stream write (a pipe, or write() on a socket) has no such flag, and the
- *   kernel raises SIGPIPE in the thread that runs it: the submitting thread
- *   inside io_uring_enter, inline or as task work.  While such a write is in
- *   the ring, every enter runs under the core's SIGPIPE guard (two extra
- *   sigprocmask calls, paid only by loops with stream writes pending).
+ *   write to a pipe or socket has no such flag, and the kernel raises
+ *   SIGPIPE in the thread that runs it: the loop's thread, inside
+ *   io_uring_enter or (on rings without DEFER_TASKRUN) as task work on any
+ *   later kernel entry.  So from the poll that first sees such a write
+ *   started until the next poll that finds none, the loop thread runs
+ *   under the core's SIGPIPE guard (SIGPIPE blocked, one raised meanwhile
+ *   consumed) — callbacks in between too.  Loops that never write to pipes
+ *   pay nothing; a loop that keeps writing to one pays four syscalls when
+ *   it starts and four when it stops, not per op.
  * - io_uring does not order two requests on one socket; the core queues
  *   stream ops so that at most one per direction reaches this file.
  */
@@ -56,12 +60,13 @@
 
 #include "core/internal.h"
 
-/* user_data: an op's address, with a tag in the low bits. */
+/* user_data: an op's address, with a tag in the two low bits. */
 #define PX__UD_OP 0u
 #define PX__UD_TIMER 1u  /* the linked timeout of an op */
 #define PX__UD_WAKE 2u   /* the eventfd read */
 #define PX__UD_IGNORE 3u /* internal cancels */
-#define PX__UD_TAGS 7u
+#define PX__UD_TAGS 3u
+_Static_assert(_Alignof(px_op) >= 4, "two low bits of an op's address free");
 
 typedef struct px__uring {
   struct io_uring ring;
@@ -73,10 +78,21 @@ typedef struct px__uring {
   bool wake_rearm;            /* ... and goes back when an SQE is free */
   px_op *ovf_head, *ovf_tail; /* ops waiting for an SQE */
   uint32_t stream_writes;     /* started writes that may raise SIGPIPE */
+  px__sigpipe_guard guard;    /* held while stream_writes > 0 */
+  /* px_close cancels that found the SQ full before the ring was enabled:
+   * enabling it then would bind it to the wrong thread. */
+  px_fd deferred_cancel[16];
+  unsigned ndeferred;
 } px__uring;
 
-/* Per-op state, inside op->backend. */
-typedef struct px__uop {
+/* Per-op state, inside op->backend (a uint64_t array: may_alias says so to
+ * the optimiser). */
+#if defined(__GNUC__)
+#define PX__MAY_ALIAS __attribute__((may_alias))
+#else
+#define PX__MAY_ALIAS
+#endif
+typedef struct PX__MAY_ALIAS px__uop {
   struct __kernel_timespec ts; /* the linked timeout's expiry */
   int32_t res;                 /* the op's own CQE result */
   uint8_t cqes;                /* CQEs still to come */
@@ -94,8 +110,16 @@ static px__uop *px__uop_of(px_op *op) {
 }
 
 static bool px__may_sigpipe(const px_op *op) {
-  return (op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV) &&
-         (op->flags & PX__F_STREAM);
+  return op->flags & PX__F_SIGPIPE;
+}
+
+/* Takes the SIGPIPE guard when a write that may raise it is about to reach
+ * the kernel, and lets go once none is left. */
+static void px__guard_update(px__uring *u) {
+  if (u->stream_writes > 0 && !u->guard.active)
+    px__sigpipe_block(&u->guard);
+  else if (u->stream_writes == 0 && u->guard.active)
+    px__sigpipe_restore(&u->guard);
 }
 
 static px__uring *px__u(px_loop *loop) {
@@ -130,11 +154,8 @@ static struct io_uring_sqe *px__sqe_now(px_loop *loop, px__uring *u) {
       return sqe;
     if (px__enable(u) < 0)
       return NULL;
-    px__sigpipe_guard g = {0};
-    if (u->stream_writes > 0)
-      px__sigpipe_block(&g);
+    px__guard_update(u);
     int r = io_uring_submit(&u->ring);
-    px__sigpipe_restore(&g);
     if (r == -EBUSY || r == -EAGAIN)
       px__reap(loop, u);
   }
@@ -297,6 +318,8 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
       px__reap(loop, u);
       if (++stuck > 64)
         return 0; /* the CQ is full of what the caller has not seen yet */
+    } else if (r == -EEXIST || r == -EINVAL) {
+      return PX_EBUSY; /* another thread's ring, as in px__uring_poll */
     } else if (r < 0 && r != -EINTR) {
       return px__errno(-r);
     }
@@ -338,7 +361,13 @@ static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
 static void px__uring_cancel_fd(px_loop *loop, px_fd fd) {
   px__uring *u = px__u(loop);
   px__ovf_cancel(loop, u, false, fd);
-  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (sqe == NULL && !u->enabled && u->ndeferred < 16) {
+    u->deferred_cancel[u->ndeferred++] = fd;
+    return;
+  }
+  if (sqe == NULL)
+    sqe = px__sqe_now(loop, u);
   if (sqe == NULL)
     return;
   io_uring_prep_cancel_fd(sqe, (int)fd, IORING_ASYNC_CANCEL_ALL);
@@ -418,30 +447,19 @@ static void px__reap(px_loop *loop, px__uring *u) {
   }
 }
 
-static int px__poll_guarded(px_loop *loop, px__uring *u, int64_t timeout_ns);
-
 static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   px__uring *u = px__u(loop);
-  if (u->stream_writes == 0)
-    return px__poll_guarded(loop, u, timeout_ns);
-  px__sigpipe_guard g;
-  px__sigpipe_block(&g);
-  int r = px__poll_guarded(loop, u, timeout_ns);
-  px__sigpipe_restore(&g);
-  return r;
-}
-
-/* The poll itself; "guarded" because the caller set up the SIGPIPE guard
- * when it is needed. */
-static int px__poll_guarded(px_loop *loop, px__uring *u, int64_t timeout_ns) {
   int r = px__enable(u);
   if (r < 0)
     return r;
   if (u->wake_rearm && !u->stopping)
     px__wake_arm(u);
+  while (u->ndeferred > 0)
+    px__uring_cancel_fd(loop, u->deferred_cancel[--u->ndeferred]);
   r = px__ovf_flush(loop, u);
   if (r < 0)
     return r;
+  px__guard_update(u);
   if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0) {
     r = io_uring_submit_and_get_events(&u->ring);
   } else {
@@ -457,6 +475,10 @@ static int px__poll_guarded(px_loop *loop, px__uring *u, int64_t timeout_ns) {
   /* ETIME: the wait timed out; EINTR: a signal; EBUSY/EAGAIN: the CQ is
    * full or the kernel is short of memory for a moment.  Reaping below
    * makes progress in each case. */
+  /* The ring belongs to another thread: SINGLE_ISSUER says EEXIST, a ring
+   * fd registered by that thread EINVAL. */
+  if (r == -EEXIST || r == -EINVAL)
+    return PX_EBUSY;
   if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
     return px__errno(-r);
   px__reap(loop, u);
@@ -535,10 +557,14 @@ static void px__uring_destroy(px_loop *loop) {
   for (int i = 0; u->wake_armed && u->enabled && i < 100; i++) {
     struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
     struct io_uring_cqe *cqe;
-    io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+    int r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+    if (r == -EEXIST || r == -EINVAL)
+      break; /* freed by another thread: the ring's exit cancels the read */
     px__reap(loop, u);
   }
   io_uring_queue_exit(&u->ring);
+  if (u->guard.active)
+    px__sigpipe_restore(&u->guard);
   close(u->wake_fd);
   px__free(u);
   loop->bk = NULL;

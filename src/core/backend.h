@@ -34,8 +34,10 @@ typedef struct px__backend {
    * direction.  op->when holds an absolute deadline (px__now_ns clock) when
    * PX__F_DEADLINE is set and the backend has PX_CAP_KERNEL_DEADLINE; without
    * that cap the core enforces deadlines through cancel().  Returns 0 (op
-   * will complete through px__complete exactly once) or a PX_E* code (op
-   * did not start).
+   * will complete through px__complete exactly once, never from inside
+   * this call: a result known at once is reported at the next poll) or a
+   * PX_E* code (op did not start).  PX__F_SIGPIPE marks a write to a
+   * handle that is not a regular file, which may raise SIGPIPE.
    */
   int (*submit)(px_loop *loop, px_op *op);
   /* Asks target (started by submit) to complete with PX_ECANCELED.  When

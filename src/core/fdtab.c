@@ -45,7 +45,7 @@ static int px__fd_grow(px_loop *loop, size_t need) {
   return 0;
 }
 
-int px__fd_register(px_loop *loop, px_fd fd) {
+int px__fd_register(px_loop *loop, px_fd fd, bool stream) {
   size_t i;
   if (!px__fd_index(fd, &i))
     return PX_EBADF;
@@ -58,6 +58,7 @@ int px__fd_register(px_loop *loop, px_fd fd) {
   if (!e->known)
     memset(e, 0, sizeof(*e));
   e->known = 1;
+  e->stream = stream;
   return 0;
 }
 

@@ -43,7 +43,8 @@ enum px__flag {
   PX__F_STREAM = 1u << 2,   /* ordered per handle and direction */
   PX__F_WRITEQ = 1u << 3,   /* ... in the write direction */
   PX__F_DATASYNC = 1u << 4, /* fsync: data only */
-  PX__F_DL_SET = 1u << 5    /* px_op_deadline called, when = ms */
+  PX__F_DL_SET = 1u << 5,   /* px_op_deadline called, when = ms */
+  PX__F_SIGPIPE = 1u << 6   /* a write to a pipe or socket: may raise it */
 };
 
 /* Per-handle state: stream queues and the count of started ops. */
@@ -53,6 +54,7 @@ typedef struct px__fdent {
   px_op *closing;           /* close waiting for started ops to finish */
   uint32_t started;         /* ops on this handle inside the backend */
   uint8_t known;
+  uint8_t stream;           /* not a regular file: pipe, socket, device */
   uint8_t rd_busy, wr_busy; /* a stream op of that direction is started */
 } px__fdent;
 
@@ -82,7 +84,9 @@ struct px_loop {
 
   bool stop;
   bool closing;
-  int depth; /* callbacks currently running */
+  atomic_bool shut; /* closing, as other threads see it (px_post) */
+  int depth;        /* callbacks currently running */
+  uintptr_t owner;  /* the thread that ran the loop first, 0 before */
 };
 
 #ifdef PX__ONLY_BACKEND
@@ -100,7 +104,8 @@ void px__free(void *p);
 
 /* fdtab.c */
 px__fdent *px__fd_get(px_loop *loop, px_fd fd); /* NULL if unknown */
-int px__fd_register(px_loop *loop, px_fd fd);
+/* stream: the handle is not a regular file (pipe, socket, device). */
+int px__fd_register(px_loop *loop, px_fd fd, bool stream);
 void px__fd_forget(px_loop *loop, px_fd fd);
 void px__fdtab_free(px_loop *loop);
 
@@ -112,12 +117,13 @@ void px__heap_free(px_loop *loop);
 
 /* loop.c: moving ops. */
 void px__ready_push(px_loop *loop, px_op *op, int32_t result);
-void px__start(px_loop *loop, px_op *op); /* hand to the backend */
+bool px__start(px_loop *loop, px_op *op); /* false: refused, completed */
 void px__queue_remove(px__fdent *e, px_op *op);
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 
 /* sock_*.c: platform handle operations. */
 int px__os_close(px_fd fd);
+int px__os_is_stream(px_fd fd); /* 1, 0, or a PX_E* code */
 
 /*
  * A write to a pipe (or to a socket through write()) whose reader is gone

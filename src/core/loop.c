@@ -89,35 +89,41 @@ static px_op *px__queue_pop(px_op **head, px_op **tail) {
   return op;
 }
 
-void px__start(px_loop *loop, px_op *op) {
+/* Hands op to the backend.  When the backend refuses it, op completes with
+ * the error and false comes back: the caller then frees the stream
+ * direction or starts the next op (no recursion through px__complete). */
+bool px__start(px_loop *loop, px_op *op) {
   const px__backend *bk = PX__BK(loop);
   px__fdent *e = px__kind_has_fd(op->kind) ? px__fd_get(loop, op->fd) : NULL;
+  /* A kernel timer takes over the deadline, even one already past: the
+   * kernel still tries the op once, so a zero deadline means "only if it
+   * can complete at once". */
+  if ((op->flags & PX__F_DEADLINE) && (bk->caps & PX_CAP_KERNEL_DEADLINE))
+    px__heap_remove(loop, op);
   op->state = PX__STARTED;
   if (e != NULL)
     e->started++;
-  if ((op->flags & PX__F_DEADLINE) && (bk->caps & PX_CAP_KERNEL_DEADLINE)) {
-    px__heap_remove(loop, op);
-    if (op->when <= px__now_ns()) {
-      /* Through px__complete, so that the handle's next op starts. */
-      px__complete(loop, op, PX_ETIMEDOUT);
-      return;
-    }
-  }
   int r = bk->submit(loop, op);
-  if (r < 0)
-    px__complete(loop, op, r);
+  if (r == 0)
+    return true;
+  if (e != NULL)
+    e->started--;
+  px__heap_remove(loop, op);
+  px__ready_push(loop, op, r);
+  return false;
 }
 
 /* The next stream op of a direction starts when the previous one is done. */
 static void px__stream_next(px_loop *loop, px__fdent *e, bool write) {
-  px_op *next = write ? px__queue_pop(&e->wq_head, &e->wq_tail)
-                      : px__queue_pop(&e->rq_head, &e->rq_tail);
-  if (write)
-    e->wr_busy = next != NULL;
-  else
-    e->rd_busy = next != NULL;
-  if (next != NULL)
-    px__start(loop, next);
+  px_op **head = write ? &e->wq_head : &e->rq_head;
+  px_op **tail = write ? &e->wq_tail : &e->rq_tail;
+  uint8_t *busy = write ? &e->wr_busy : &e->rd_busy;
+  px_op *next;
+  *busy = 1;
+  while ((next = px__queue_pop(head, tail)) != NULL)
+    if (px__start(loop, next))
+      return;
+  *busy = 0;
 }
 
 void px__close_start(px_loop *loop, px__fdent *e) {
@@ -134,7 +140,7 @@ void px__close_start(px_loop *loop, px__fdent *e) {
 static int32_t px__finish_accept(px_loop *loop, px_op *op, int32_t result) {
   if (result < 0)
     return result;
-  int r = px__fd_register(loop, (px_fd)op->off);
+  int r = px__fd_register(loop, (px_fd)op->off, true);
   if (r < 0) {
     px__os_close((px_fd)op->off);
     op->off = PX_INVALID_FD;
@@ -225,6 +231,8 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
     return PX_EINVAL;
   if (op->state != PX__IDLE)
     return PX_EBUSY;
+  if (atomic_load_explicit(&loop->shut, memory_order_relaxed))
+    return PX_ESHUTDOWN;
   op->cb = cb;
   op->data = data;
   op->kind = PX__OP_POST;
@@ -272,10 +280,25 @@ static bool px__alive(px_loop *loop) {
   return loop->stats.in_flight > 0 || px__posts_in_transit(loop);
 }
 
+/* The thread-local's address names the calling thread, portably. */
+static uintptr_t px__thread_self(void) {
+  static _Thread_local char self;
+  return (uintptr_t)&self;
+}
+
+/* A loop belongs to the first thread that runs it: px_run, px_wait and
+ * px_loop_free from any other thread are refused. */
+static bool px__owned_elsewhere(px_loop *loop, bool claim) {
+  uintptr_t self = px__thread_self();
+  if (loop->owner == 0 && claim)
+    loop->owner = self;
+  return loop->owner != 0 && loop->owner != self;
+}
+
 int px_run(px_loop *loop, px_run_mode mode) {
   if (loop == NULL || (unsigned)mode > PX_RUN_NOWAIT)
     return PX_EINVAL;
-  if (loop->depth > 0 || loop->closing)
+  if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
     return PX_EBUSY;
   loop->stop = false;
   loop->now = px__now_ns();
@@ -306,24 +329,29 @@ void px_stop(px_loop *loop) {
 int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
   if (loop == NULL || out == NULL || max <= 0)
     return PX_EINVAL;
-  if (loop->depth > 0 || loop->closing)
+  if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
     return PX_EBUSY;
   loop->now = px__now_ns();
   loop->woken = false;
   int64_t end = loop->now + (int64_t)timeout_ms * 1000000;
   px__posts_drain(loop);
   px__timers_run(loop);
+  bool polled = false;
   for (;;) {
     int n = 0;
     px_op *op;
     while (n < max && (op = px__ready_pop(loop)) != NULL)
       out[n++] = op;
-    if (n > 0 || timeout_ms == 0 || loop->woken)
+    if (n > 0 || loop->woken)
       return n;
     int64_t left = timeout_ms < 0 ? -1 : end - loop->now;
-    if (timeout_ms > 0 && left <= 0)
+    if (timeout_ms >= 0 && left < 0)
+      left = 0;
+    /* Even with no time left, the kernel is asked once. */
+    if (polled && left == 0)
       return 0;
     int r = px__iterate(loop, left);
+    polled = true;
     if (r < 0)
       return r;
   }
@@ -349,6 +377,7 @@ int px_loop_new(px_loop **out, const px_loop_opts *opts) {
   atomic_init(&loop->post_head, NULL);
   atomic_init(&loop->posted, 0);
   atomic_init(&loop->wake_pending, 0);
+  atomic_init(&loop->shut, false);
   loop->now = px__now_ns();
   int r = PX__BK(loop)->init(loop, opts);
   if (r < 0) {
@@ -379,16 +408,20 @@ static void px__cancel_core_ops(px_loop *loop) {
 int px_loop_free(px_loop *loop) {
   if (loop == NULL)
     return PX_EINVAL;
-  if (loop->depth > 0)
+  /* From another thread only when nothing is left to complete. */
+  if (loop->depth > 0 || (px__owned_elsewhere(loop, false) && px__alive(loop)))
     return PX_EBUSY;
   loop->closing = true;
+  atomic_store(&loop->shut, true);
   loop->stop = false;
   px__posts_drain(loop);
   px__cancel_core_ops(loop);
   PX__BK(loop)->cancel_all(loop);
   px__dispatch(loop);
   while (px__alive(loop)) {
-    int r = px__iterate(loop, 100 * 1000000);
+    /* Posts racing with the free are drained without a long sleep. */
+    int64_t limit = px__posts_in_transit(loop) ? 1000000 : 100000000;
+    int r = px__iterate(loop, limit);
     px__dispatch(loop);
     if (r < 0)
       break;

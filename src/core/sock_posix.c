@@ -56,11 +56,18 @@ int px__os_close(px_fd fd) {
   return close((int)fd) < 0 && errno != EINTR ? px__errno(errno) : 0;
 }
 
+int px__os_is_stream(px_fd fd) {
+  struct stat st;
+  if (fstat((int)fd, &st) < 0)
+    return px__errno(errno);
+  return !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
+}
+
 /* Makes fd known to loop, or closes it. */
-static int px__own(px_loop *loop, int fd, px_fd *out) {
+static int px__own(px_loop *loop, int fd, bool stream, px_fd *out) {
   int r = PX__BK(loop)->adopt(loop, fd);
   if (r == 0)
-    r = px__fd_register(loop, fd);
+    r = px__fd_register(loop, fd, stream);
   if (r < 0) {
     close(fd);
     return r;
@@ -72,12 +79,13 @@ static int px__own(px_loop *loop, int fd, px_fd *out) {
 int px_adopt(px_loop *loop, px_fd fd) {
   if (loop == NULL || fd < 0 || fd > INT32_MAX)
     return PX_EINVAL;
-  if (fcntl((int)fd, F_GETFD) < 0)
-    return PX_EBADF;
+  int stream = px__os_is_stream(fd);
+  if (stream < 0)
+    return stream;
   if (px__fd_get(loop, fd) != NULL)
     return 0;
   int r = PX__BK(loop)->adopt(loop, fd);
-  return r < 0 ? r : px__fd_register(loop, fd);
+  return r < 0 ? r : px__fd_register(loop, fd, stream);
 }
 
 int px_fd_close(px_loop *loop, px_fd fd) {
@@ -219,7 +227,7 @@ int px_tcp_listen_ex(px_loop *loop, const char *ip, int port, int backlog,
     close(fd);
     return r;
   }
-  return px__own(loop, fd, out);
+  return px__own(loop, fd, true, out);
 }
 
 int px_tcp_listen(px_loop *loop, const char *ip, int port, int backlog,
@@ -233,16 +241,16 @@ int px_tcp_socket(px_loop *loop, const px_addr *addr, px_fd *out) {
   int fd = px__socket(addr);
   if (fd < 0)
     return fd;
-  return px__own(loop, fd, out);
+  return px__own(loop, fd, true, out);
 }
 
 static int px__own_pair(px_loop *loop, int fds[2], px_fd out[2]) {
-  int r = px__own(loop, fds[0], &out[0]);
+  int r = px__own(loop, fds[0], true, &out[0]);
   if (r < 0) {
     close(fds[1]);
     return r;
   }
-  r = px__own(loop, fds[1], &out[1]);
+  r = px__own(loop, fds[1], true, &out[1]);
   if (r < 0) {
     px_fd_close(loop, out[0]);
     return r;
@@ -302,5 +310,10 @@ int px_file_open(px_loop *loop, const char *path, unsigned flags, int mode,
   int fd = open(path, px__open_flags(flags), (mode_t)mode);
   if (fd < 0)
     return px__errno(errno);
-  return px__own(loop, fd, out);
+  int stream = px__os_is_stream(fd); /* a FIFO or a device is a stream */
+  if (stream < 0) {
+    close(fd);
+    return stream;
+  }
+  return px__own(loop, fd, stream, out);
 }

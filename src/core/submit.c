@@ -49,21 +49,28 @@ static void px__fill(px_op *op, unsigned kind, px_fd fd, px_cb cb, void *data) {
   op->heap = 0;
 }
 
+/* A deadline belongs to ops on a handle; a refused submit keeps it. */
+static int px__deadline_ok(const px_op *op, unsigned kind) {
+  return (op->flags & PX__F_DL_SET) && !px__kind_has_fd(kind) ? PX_EINVAL : 0;
+}
+
 /* Accepts op: arms its deadline and counts it.  No way back after this. */
 static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
-  bool dl = op->flags & PX__F_DL_SET;
-  int64_t ms = op->when;
-  op->flags = flags;
-  if (dl) {
-    if (!px__kind_has_fd(op->kind))
-      return PX_EINVAL;
-    op->flags |= PX__F_DEADLINE;
-    op->when = loop->now = px__now_ns();
-    op->when += ms * 1000000;
+  if (op->flags & PX__F_DL_SET) {
+    int64_t ms = op->when, now = px__now_ns();
+    /* Saturate: a deadline centuries away is no deadline, not overflow. */
+    int64_t when =
+        ms > (INT64_MAX - now) / 1000000 ? INT64_MAX : now + ms * 1000000;
+    int64_t saved = op->when;
+    op->when = when;
     int r = px__heap_push(loop, op);
-    if (r < 0)
+    if (r < 0) {
+      op->when = saved;
       return r;
+    }
+    flags |= PX__F_DEADLINE;
   }
+  op->flags = flags;
   loop->stats.submitted++;
   loop->stats.in_flight++;
   return 0;
@@ -93,6 +100,9 @@ static int px__route(px_loop *loop, px_op *op, px__fdent *e) {
       return 0;
     }
     *busy = 1;
+    if (!px__start(loop, op))
+      *busy = 0; /* refused: op completes with the error, nothing waits */
+    return 0;
   }
   px__start(loop, op);
   return 0;
@@ -113,9 +123,14 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
     return PX_EINVAL;
   bool write =
       kind == PX__OP_WRITE || kind == PX__OP_WRITEV || kind == PX__OP_SEND;
-  bool stream = kind == PX__OP_RECV || kind == PX__OP_SEND || off == PX_CUR;
+  /* Pipes and sockets are streams whatever offset is given (the kernel
+   * ignores it there); a regular file is one only at PX_CUR.  Writes to a
+   * stream other than send() may raise SIGPIPE. */
+  bool stream = e->stream || off == PX_CUR;
+  bool sigpipe = e->stream && (kind == PX__OP_WRITE || kind == PX__OP_WRITEV);
   uint16_t flags =
-      (uint16_t)((stream ? PX__F_STREAM : 0) | (write ? PX__F_WRITEQ : 0));
+      (uint16_t)((stream ? PX__F_STREAM : 0) | (write ? PX__F_WRITEQ : 0) |
+                 (sigpipe ? PX__F_SIGPIPE : 0));
   px__fill(op, kind, fd, cb, data);
   op->buf = buf;
   op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
@@ -222,6 +237,8 @@ static void px__cancel_queue(px_loop *loop, px_op *op) {
 
 int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
   int r = px__check(loop, op);
+  if (r == 0)
+    r = px__deadline_ok(op, PX__OP_CLOSE);
   if (r < 0)
     return r;
   px__fdent *e = px__check_fd(loop, fd);
@@ -250,14 +267,12 @@ int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb, void *data) {
   int r = px__check(loop, op);
   if (r < 0)
     return r;
-  if (ms > INT64_MAX / 2000000)
+  if (ms > INT64_MAX / 2000000 || px__deadline_ok(op, PX__OP_TIMEOUT) < 0)
     return PX_EINVAL;
   px__fill(op, PX__OP_TIMEOUT, PX_INVALID_FD, cb, data);
   op->len = loop->timer_seq++;
   op->when = px__now_ns() + (int64_t)ms * 1000000;
-  op->flags &= PX__F_DL_SET;
-  if (op->flags)
-    return PX_EINVAL;
+  op->flags = 0;
   r = px__heap_push(loop, op);
   if (r < 0)
     return r;
@@ -269,6 +284,8 @@ int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb, void *data) {
 
 int px_nop(px_loop *loop, px_op *op, px_cb cb, void *data) {
   int r = px__check(loop, op);
+  if (r == 0)
+    r = px__deadline_ok(op, PX__OP_NOP);
   if (r < 0)
     return r;
   px__fill(op, PX__OP_NOP, PX_INVALID_FD, cb, data);
@@ -310,7 +327,7 @@ int px_cancel(px_loop *loop, px_op *op, px_op *target, px_cb cb, void *data) {
   int r = px__check(loop, op);
   if (r < 0)
     return r;
-  if (target == NULL || target == op)
+  if (target == NULL || target == op || px__deadline_ok(op, PX__OP_CANCEL))
     return PX_EINVAL;
   px__fill(op, PX__OP_CANCEL, PX_INVALID_FD, cb, data);
   op->buf = target;
