@@ -228,10 +228,12 @@ static void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
 /* Fills the SQE(s) of op; false when the SQ has no room for them. */
 static bool px__prep(px__uring *u, px_op *op) {
   bool deadline = op->flags & PX__F_DEADLINE;
-  if (io_uring_sq_space_left(&u->ring) < (deadline ? 2u : 1u))
+  if (deadline && io_uring_sq_space_left(&u->ring) < 2u)
+    return false; /* the op and its timer go in together or not at all */
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (sqe == NULL)
     return false;
   px__uop *uo = px__uop_of(op);
-  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
   px__prep_kind(sqe, op);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
   uo->cqes = 1;
