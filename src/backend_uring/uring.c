@@ -12,9 +12,9 @@
  *   then COOP_TASKRUN, then no flags at all.
  * - Batching.  Submit calls only fill SQEs; the one io_uring_enter per loop
  *   iteration submits them and waits (EXT_ARG carries the timeout, so the
- *   wait needs no timeout SQE).  The ring fd is registered with the thread
- *   that enables the ring, which saves a file lookup per enter; that
- *   registration is per thread, one more reason a ring stays with it.
+ *   wait needs no timeout SQE).  The ring fd is not registered with the
+ *   thread (IORING_REGISTER_RING_FDS): the registration is per thread, and
+ *   a loop freed from another thread would then enter that thread's ring.
  * - SQ full.  An op that finds no SQE waits on an intrusive overflow list
  *   (op->next, no allocation) and is moved into the SQ at the next
  *   iteration, submitting as often as needed to make room.  An op with a
@@ -41,12 +41,12 @@
  *   write to a pipe or socket has no such flag, and the kernel raises
  *   SIGPIPE in the thread that runs it: the loop's thread, inside
  *   io_uring_enter or (on rings without DEFER_TASKRUN) as task work on any
- *   later kernel entry.  So from the poll that first sees such a write
- *   started until the next poll that finds none, the loop thread runs
- *   under the core's SIGPIPE guard (SIGPIPE blocked, one raised meanwhile
- *   consumed) — callbacks in between too.  Loops that never write to pipes
- *   pay nothing; a loop that keeps writing to one pays four syscalls when
- *   it starts and four when it stops, not per op.
+ *   later kernel entry.  So while such a write is started, the loop thread
+ *   holds the core's SIGPIPE guard: taken before the first enter that may
+ *   submit it, let go when px_run/px_wait returns (with DEFER_TASKRUN,
+ *   where nothing runs outside an enter) or once no such write is left.
+ *   Loops that never write to pipes pay nothing; a pipe writer pays a few
+ *   syscalls per px_run call, not per op.
  * - io_uring does not order two requests on one socket; the core queues
  *   stream ops so that at most one per direction reaches this file.
  */
@@ -78,11 +78,13 @@ typedef struct px__uring {
   bool wake_rearm;            /* ... and goes back when an SQE is free */
   px_op *ovf_head, *ovf_tail; /* ops waiting for an SQE */
   uint32_t stream_writes;     /* started writes that may raise SIGPIPE */
-  px__sigpipe_guard guard;    /* held while stream_writes > 0 */
-  /* px_close cancels that found the SQ full before the ring was enabled:
-   * enabling it then would bind it to the wrong thread. */
-  px_fd deferred_cancel[16];
-  unsigned ndeferred;
+  bool defer_taskrun;         /* completions run only inside an enter */
+  bool guard_held;            /* this loop holds its thread's SIGPIPE guard */
+  uint64_t guard_thread;      /* ... on this thread (px__thread_id) */
+  /* A px_close found the SQ full before the ring was enabled (enabling it
+   * there would bind it to the wrong thread): its cancel goes out at the
+   * first poll, found by a scan of the handles waiting to close. */
+  bool cancel_scan;
 } px__uring;
 
 /* Per-op state, inside op->backend (a uint64_t array: may_alias says so to
@@ -113,13 +115,24 @@ static bool px__may_sigpipe(const px_op *op) {
   return op->flags & PX__F_SIGPIPE;
 }
 
-/* Takes the SIGPIPE guard when a write that may raise it is about to reach
- * the kernel, and lets go once none is left. */
-static void px__guard_update(px__uring *u) {
-  if (u->stream_writes > 0 && !u->guard.active)
-    px__sigpipe_block(&u->guard);
-  else if (u->stream_writes == 0 && u->guard.active)
-    px__sigpipe_restore(&u->guard);
+/* Takes the SIGPIPE guard before a write that may raise it reaches the
+ * kernel. */
+static void px__guard_take(px__uring *u) {
+  if (u->stream_writes == 0 || u->guard_held)
+    return;
+  px__sigpipe_hold();
+  u->guard_held = true;
+  u->guard_thread = px__thread_id();
+}
+
+static void px__guard_drop(px__uring *u) {
+  if (!u->guard_held)
+    return;
+  /* Only the thread that holds it can let go of its own signal mask; a
+   * loop freed elsewhere just forgets (that thread has moved on). */
+  if (u->guard_thread == px__thread_id())
+    px__sigpipe_release();
+  u->guard_held = false;
 }
 
 static px__uring *px__u(px_loop *loop) {
@@ -137,9 +150,6 @@ static int px__enable(px__uring *u) {
   if (r < 0)
     return px__errno(-r);
   u->enabled = true;
-  /* The ring now belongs to this thread: register its fd with the thread
-   * so that io_uring_enter skips the file table lookup.  Optional. */
-  io_uring_register_ring_fd(&u->ring);
   return 0;
 }
 
@@ -154,7 +164,7 @@ static struct io_uring_sqe *px__sqe_now(px_loop *loop, px__uring *u) {
       return sqe;
     if (px__enable(u) < 0)
       return NULL;
-    px__guard_update(u);
+    px__guard_take(u);
     int r = io_uring_submit(&u->ring);
     if (r == -EBUSY || r == -EAGAIN)
       px__reap(loop, u);
@@ -360,12 +370,10 @@ static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
 }
 
-static void px__uring_cancel_fd(px_loop *loop, px_fd fd) {
-  px__uring *u = px__u(loop);
-  px__ovf_cancel(loop, u, false, fd);
+static void px__cancel_fd_sqe(px_loop *loop, px__uring *u, px_fd fd) {
   struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-  if (sqe == NULL && !u->enabled && u->ndeferred < 16) {
-    u->deferred_cancel[u->ndeferred++] = fd;
+  if (sqe == NULL && !u->enabled) {
+    u->cancel_scan = true;
     return;
   }
   if (sqe == NULL)
@@ -374,6 +382,22 @@ static void px__uring_cancel_fd(px_loop *loop, px_fd fd) {
     return;
   io_uring_prep_cancel_fd(sqe, (int)fd, IORING_ASYNC_CANCEL_ALL);
   io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
+}
+
+static void px__uring_cancel_fd(px_loop *loop, px_fd fd) {
+  px__uring *u = px__u(loop);
+  px__ovf_cancel(loop, u, false, fd);
+  px__cancel_fd_sqe(loop, u, fd);
+}
+
+/* The cancels px_close could not queue before the ring was enabled. */
+static void px__cancel_scan(px_loop *loop, px__uring *u) {
+  u->cancel_scan = false;
+  for (size_t i = 0; i < loop->nfds; i++) {
+    px__fdent *e = &loop->fds[i];
+    if (e->known && e->closing != NULL && e->started > 0)
+      px__cancel_fd_sqe(loop, u, px__fd_at(i));
+  }
 }
 
 static void px__uring_cancel_all(px_loop *loop) {
@@ -454,14 +478,15 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   int r = px__enable(u);
   if (r < 0)
     return r;
+  px__guard_take(u); /* before anything below may submit a pipe write */
   if (u->wake_rearm && !u->stopping)
     px__wake_arm(u);
-  while (u->ndeferred > 0)
-    px__uring_cancel_fd(loop, u->deferred_cancel[--u->ndeferred]);
+  if (u->cancel_scan)
+    px__cancel_scan(loop, u);
   r = px__ovf_flush(loop, u);
   if (r < 0)
     return r;
-  px__guard_update(u);
+  px__guard_take(u); /* the flush may have started more */
   if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0) {
     r = io_uring_submit_and_get_events(&u->ring);
   } else {
@@ -495,6 +520,14 @@ static void px__uring_wakeup(px_loop *loop) {
   } while (n < 0 && errno == EINTR);
 }
 
+static void px__uring_run_end(px_loop *loop) {
+  px__uring *u = px__u(loop);
+  /* With DEFER_TASKRUN a started write can raise SIGPIPE only inside an
+   * enter; otherwise task work may run at any kernel entry of the thread. */
+  if (u->defer_taskrun || u->stream_writes == 0)
+    px__guard_drop(u);
+}
+
 static int px__uring_adopt(px_loop *loop, px_fd fd) {
   (void)loop;
   int fl = fcntl((int)fd, F_GETFL);
@@ -520,6 +553,7 @@ static int px__ring_init(px__uring *u, unsigned entries) {
     r = io_uring_queue_init_params(entries, &u->ring, &p);
     if (r == 0) {
       u->enabled = !(tries[i] & IORING_SETUP_R_DISABLED);
+      u->defer_taskrun = tries[i] & IORING_SETUP_DEFER_TASKRUN;
       return 0;
     }
     if (r != -EINVAL)
@@ -565,8 +599,7 @@ static void px__uring_destroy(px_loop *loop) {
     px__reap(loop, u);
   }
   io_uring_queue_exit(&u->ring);
-  if (u->guard.active)
-    px__sigpipe_restore(&u->guard);
+  px__guard_drop(u);
   close(u->wake_fd);
   px__free(u);
   loop->bk = NULL;
@@ -584,4 +617,5 @@ const px__backend px__backend_uring = {
     .cancel_all = px__uring_cancel_all,
     .poll = px__uring_poll,
     .wakeup = px__uring_wakeup,
+    .run_end = px__uring_run_end,
 };

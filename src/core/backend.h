@@ -55,6 +55,9 @@ typedef struct px__backend {
   /* Thread-safe: makes a poll in progress (or the next one) return; the
    * backend then calls px__wake_ack(loop). */
   void (*wakeup)(px_loop *loop);
+  /* Optional (may be NULL): px_run or px_wait is about to return to the
+   * program; per-thread state held across polls can be let go. */
+  void (*run_end)(px_loop *loop);
 } px__backend;
 
 /* ---- What the core offers a backend. ---------------------------------- */

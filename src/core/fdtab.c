@@ -68,6 +68,10 @@ void px__fd_forget(px_loop *loop, px_fd fd) {
     memset(&loop->fds[i], 0, sizeof(loop->fds[i]));
 }
 
+px_fd px__fd_at(size_t index) {
+  return (px_fd)(index << PX__FD_SHIFT);
+}
+
 void px__fdtab_free(px_loop *loop) {
   px__free(loop->fds);
   loop->fds = NULL;

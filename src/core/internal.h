@@ -86,7 +86,7 @@ struct px_loop {
   bool closing;
   atomic_bool shut; /* closing, as other threads see it (px_post) */
   int depth;        /* callbacks currently running */
-  uintptr_t owner;  /* the thread that ran the loop first, 0 before */
+  uint64_t owner;   /* px__thread_id of the first runner, 0 before */
 };
 
 #ifdef PX__ONLY_BACKEND
@@ -108,6 +108,7 @@ px__fdent *px__fd_get(px_loop *loop, px_fd fd); /* NULL if unknown */
 int px__fd_register(px_loop *loop, px_fd fd, bool stream);
 void px__fd_forget(px_loop *loop, px_fd fd);
 void px__fdtab_free(px_loop *loop);
+px_fd px__fd_at(size_t index); /* the handle of loop->fds[index] */
 
 /* timer.c */
 int px__heap_push(px_loop *loop, px_op *op);
@@ -129,17 +130,19 @@ int px__os_is_stream(px_fd fd); /* 1, 0, or a PX_E* code */
  * A write to a pipe (or to a socket through write()) whose reader is gone
  * raises SIGPIPE in the writing thread, and no flag turns that off the way
  * MSG_NOSIGNAL does for send().  A backend that may write to such a handle
- * wraps the write in a guard: SIGPIPE is blocked, and one raised inside the
- * guard is consumed before the old mask comes back.  A SIGPIPE that was
- * already pending is left alone.
+ * holds the calling thread's SIGPIPE guard meanwhile: SIGPIPE is blocked
+ * (SIG_BLOCK of that one signal, never a whole-mask restore), and at the
+ * last release a SIGPIPE raised while held is consumed and SIGPIPE is
+ * unblocked again unless the thread had blocked it itself.  Holds nest per
+ * thread (two loops on one thread); a signal already pending at the first
+ * hold is left alone.
  */
-typedef struct px__sigpipe_guard {
-  bool active;
-  bool was_pending;
-  uint64_t old_mask[16]; /* a sigset_t */
-} px__sigpipe_guard;
-void px__sigpipe_block(px__sigpipe_guard *g);
-void px__sigpipe_restore(px__sigpipe_guard *g);
+void px__sigpipe_hold(void);
+void px__sigpipe_release(void);
+
+/* A number naming the calling thread, never reused while the process
+ * lives (a thread-local's address can be, by the next thread). */
+uint64_t px__thread_id(void);
 
 /* Ops counted on their handle (a close is the handle's end, not its op). */
 static inline bool px__kind_has_fd(unsigned kind) {

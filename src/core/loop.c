@@ -231,6 +231,8 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
     return PX_EINVAL;
   if (op->state != PX__IDLE)
     return PX_EBUSY;
+  if (op->flags & PX__F_DL_SET)
+    return PX_EINVAL; /* deadlines belong to ops on a handle */
   if (atomic_load_explicit(&loop->shut, memory_order_relaxed))
     return PX_ESHUTDOWN;
   op->cb = cb;
@@ -280,31 +282,35 @@ static bool px__alive(px_loop *loop) {
   return loop->stats.in_flight > 0 || px__posts_in_transit(loop);
 }
 
-/* The thread-local's address names the calling thread, portably. */
-static uintptr_t px__thread_self(void) {
-  static _Thread_local char self;
-  return (uintptr_t)&self;
+uint64_t px__thread_id(void) {
+  static atomic_uint_fast64_t next = 1;
+  static _Thread_local uint64_t id;
+  if (id == 0)
+    id = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed);
+  return id;
 }
 
 /* A loop belongs to the first thread that runs it: px_run, px_wait and
  * px_loop_free from any other thread are refused. */
 static bool px__owned_elsewhere(px_loop *loop, bool claim) {
-  uintptr_t self = px__thread_self();
+  uint64_t self = px__thread_id();
   if (loop->owner == 0 && claim)
     loop->owner = self;
   return loop->owner != 0 && loop->owner != self;
 }
 
-int px_run(px_loop *loop, px_run_mode mode) {
-  if (loop == NULL || (unsigned)mode > PX_RUN_NOWAIT)
-    return PX_EINVAL;
-  if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
-    return PX_EBUSY;
+static int px__run_end(px_loop *loop, int r) {
+  if (PX__BK(loop)->run_end != NULL)
+    PX__BK(loop)->run_end(loop);
+  return r;
+}
+
+static int px__run(px_loop *loop, px_run_mode mode) {
   loop->stop = false;
   loop->now = px__now_ns();
-  px__timers_run(loop);
   /* ONCE waits only when nothing was ready: it returns after one round of
-   * callbacks either way. */
+   * callbacks either way.  Expired timers fire after the first poll, so a
+   * deadline never fires before the kernel was asked once. */
   bool ran = px__dispatch(loop) > 0;
   for (;;) {
     if (loop->stop)
@@ -321,21 +327,24 @@ int px_run(px_loop *loop, px_run_mode mode) {
   }
 }
 
+int px_run(px_loop *loop, px_run_mode mode) {
+  if (loop == NULL || (unsigned)mode > PX_RUN_NOWAIT)
+    return PX_EINVAL;
+  if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
+    return PX_EBUSY;
+  return px__run_end(loop, px__run(loop, mode));
+}
+
 void px_stop(px_loop *loop) {
   if (loop != NULL)
     loop->stop = true;
 }
 
-int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
-  if (loop == NULL || out == NULL || max <= 0)
-    return PX_EINVAL;
-  if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
-    return PX_EBUSY;
+static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
   loop->now = px__now_ns();
   loop->woken = false;
   int64_t end = loop->now + (int64_t)timeout_ms * 1000000;
   px__posts_drain(loop);
-  px__timers_run(loop);
   bool polled = false;
   for (;;) {
     int n = 0;
@@ -355,6 +364,14 @@ int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
     if (r < 0)
       return r;
   }
+}
+
+int px_wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
+  if (loop == NULL || out == NULL || max <= 0)
+    return PX_EINVAL;
+  if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
+    return PX_EBUSY;
+  return px__run_end(loop, px__wait(loop, out, max, timeout_ms));
 }
 
 /* ---- Loop lifetime. ---------------------------------------------------- */
@@ -423,9 +440,13 @@ int px_loop_free(px_loop *loop) {
     int64_t limit = px__posts_in_transit(loop) ? 1000000 : 100000000;
     int r = px__iterate(loop, limit);
     px__dispatch(loop);
+    /* Ops the kernel still holds cannot be let go: report the failure and
+     * keep the loop; a later px_loop_free finishes the job. */
     if (r < 0)
-      break;
+      return px__run_end(loop, r);
   }
+  if (PX__BK(loop)->run_end != NULL)
+    PX__BK(loop)->run_end(loop);
   PX__BK(loop)->destroy(loop);
   px__heap_free(loop);
   px__fdtab_free(loop);

@@ -22,32 +22,43 @@
 _Static_assert(sizeof(struct sockaddr_in6) <= sizeof(((px_addr *)0)->storage),
                "px_addr holds an IPv6 address");
 
-_Static_assert(sizeof(sigset_t) <= sizeof(((px__sigpipe_guard *)0)->old_mask),
-               "the guard holds a sigset_t");
+/* The calling thread's SIGPIPE guard: see internal.h. */
+static _Thread_local struct {
+  unsigned depth;
+  bool was_blocked;
+  bool was_pending;
+} px__sp;
 
-void px__sigpipe_block(px__sigpipe_guard *g) {
-  sigset_t pipe_only, pending;
-  sigemptyset(&pipe_only);
-  sigaddset(&pipe_only, SIGPIPE);
-  g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
-  g->active = pthread_sigmask(SIG_BLOCK, &pipe_only,
-                              (sigset_t *)(void *)g->old_mask) == 0;
+static void px__sigpipe_set(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGPIPE);
 }
 
-void px__sigpipe_restore(px__sigpipe_guard *g) {
-  if (!g->active)
+void px__sigpipe_hold(void) {
+  if (px__sp.depth++ > 0)
+    return;
+  sigset_t pipe_only, old, pending;
+  px__sigpipe_set(&pipe_only);
+  if (pthread_sigmask(SIG_BLOCK, &pipe_only, &old) != 0)
+    sigemptyset(&old);
+  px__sp.was_blocked = sigismember(&old, SIGPIPE) == 1;
+  px__sp.was_pending =
+      sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+}
+
+void px__sigpipe_release(void) {
+  if (px__sp.depth == 0 || --px__sp.depth > 0)
     return;
   sigset_t pipe_only, pending;
-  sigemptyset(&pipe_only);
-  sigaddset(&pipe_only, SIGPIPE);
-  if (!g->was_pending && sigpending(&pending) == 0 &&
-      sigismember(&pending, SIGPIPE)) {
+  px__sigpipe_set(&pipe_only);
+  if (!px__sp.was_pending && sigpending(&pending) == 0 &&
+      sigismember(&pending, SIGPIPE) == 1) {
     struct timespec zero = {0, 0};
     while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
     }
   }
-  pthread_sigmask(SIG_SETMASK, (sigset_t *)(void *)g->old_mask, NULL);
-  g->active = false;
+  if (!px__sp.was_blocked)
+    pthread_sigmask(SIG_UNBLOCK, &pipe_only, NULL);
 }
 
 int px__os_close(px_fd fd) {
