@@ -143,7 +143,7 @@ int sync_send(px_loop *loop, px_fd fd, const void *buf, size_t len) {
   return r.result;
 }
 
-int fill_send_buffer(px_loop *loop, px_fd fd) {
+int fill_send_buffer(px_loop *loop, px_fd fd, int *result) {
   enum { BIG = 8 << 20 };
   char *big = calloc(1, BIG);
   px_op op = {0};
@@ -155,6 +155,8 @@ int fill_send_buffer(px_loop *loop, px_fd fd) {
   assert_int_equal(px_send(loop, &op, fd, big, BIG, rec_cb, &r), 0);
   RUN_UNTIL(loop, r.calls == 1, 5000);
   free(big);
+  if (result != NULL)
+    *result = r.result;
   if (r.result == PX_ETIMEDOUT)
     return 1;
   assert_true(r.result > 0);

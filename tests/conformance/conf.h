@@ -74,8 +74,9 @@ px_fd tcp_listener(px_loop *loop, int *port);
 void socketpair_new(px_loop *loop, px_fd fds[2]);
 void close_fd(px_loop *loop, px_fd fd);
 /* Sends into fd until its buffers are full (nobody reads the peer).
- * Returns 1 when they are, 0 when 8 MiB all fit. */
-int fill_send_buffer(px_loop *loop, px_fd fd);
+ * Returns 1 when they are, 0 when 8 MiB all fit; *result (if not NULL)
+ * gets the result of the filling send. */
+int fill_send_buffer(px_loop *loop, px_fd fd, int *result);
 
 /* A fresh temp file opened PX_O_RDWR | PX_O_CREAT | PX_O_TRUNC; path is
  * filled for remove(). */

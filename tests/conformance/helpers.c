@@ -11,12 +11,19 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef _WIN32
+/* winsock2.h must come before windows.h. */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+
 #include <windows.h>
 #else
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #endif
@@ -181,12 +188,216 @@ void pt_sigpipe_count_start(void) {
 
 int pt_sigpipe_count_stop(void) {
 #ifdef SIGPIPE
+  /* A SIGPIPE left blocked and pending would kill a later test: unblock it
+   * here, where it is counted. */
+  sigset_t pipe_only;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_UNBLOCK, &pipe_only, NULL);
   signal(SIGPIPE, SIG_DFL);
   return (int)sigpipes;
 #else
   return 0;
 #endif
 }
+
+/* ---- Signal masks. ------------------------------------------------------ */
+
+#ifdef _WIN32
+int pt_sigpipe_blocked(void) {
+  return 0;
+}
+
+int pt_sigpipe_pending(void) {
+  return 0;
+}
+
+void pt_sigmask_save(pt_sigmask *m) {
+  m->bits[0] = m->bits[1] = 0;
+}
+
+int pt_sigmask_equal(const pt_sigmask *a, const pt_sigmask *b) {
+  (void)a;
+  (void)b;
+  return 1;
+}
+
+void pt_block_all_signals(void) {}
+
+int pt_sigusr1_blocked(void) {
+  return -1;
+}
+
+void pt_sigusr1_block(void) {}
+
+void pt_sigusr1_unblock(void) {}
+#else
+static int blocked_now(int sig) {
+  sigset_t cur;
+  if (pthread_sigmask(SIG_BLOCK, NULL, &cur) != 0)
+    return 0;
+  return sigismember(&cur, sig) == 1;
+}
+
+int pt_sigpipe_blocked(void) {
+  return blocked_now(SIGPIPE);
+}
+
+int pt_sigpipe_pending(void) {
+  sigset_t pending;
+  if (sigpending(&pending) != 0)
+    return 0;
+  return sigismember(&pending, SIGPIPE) == 1;
+}
+
+/* A sigset_t is compared signal by signal: the kernel fills only part of
+ * it, so its bytes are not comparable. */
+void pt_sigmask_save(pt_sigmask *m) {
+  sigset_t cur;
+  m->bits[0] = m->bits[1] = 0;
+  if (pthread_sigmask(SIG_BLOCK, NULL, &cur) != 0)
+    return;
+  for (int sig = 1; sig < 128; sig++)
+    if (sigismember(&cur, sig) == 1)
+      m->bits[(sig - 1) / 64] |= (uint64_t)1 << ((sig - 1) % 64);
+}
+
+int pt_sigmask_equal(const pt_sigmask *a, const pt_sigmask *b) {
+  return a->bits[0] == b->bits[0] && a->bits[1] == b->bits[1];
+}
+
+void pt_block_all_signals(void) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+}
+
+static void mask_one(int how, int sig) {
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, sig);
+  pthread_sigmask(how, &one, NULL);
+}
+
+int pt_sigusr1_blocked(void) {
+  return blocked_now(SIGUSR1);
+}
+
+void pt_sigusr1_block(void) {
+  mask_one(SIG_BLOCK, SIGUSR1);
+}
+
+void pt_sigusr1_unblock(void) {
+  mask_one(SIG_UNBLOCK, SIGUSR1);
+}
+#endif
+
+/* ---- A socket pair no loop knows. --------------------------------------- */
+
+#ifdef _WIN32
+static SOCKET overlapped_tcp_socket(void) {
+  DWORD flags = WSA_FLAG_OVERLAPPED;
+#ifdef WSA_FLAG_NO_HANDLE_INHERIT
+  flags |= WSA_FLAG_NO_HANDLE_INHERIT;
+#endif
+  return WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, flags);
+}
+
+static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b) {
+  return a->sin_family == b->sin_family && a->sin_port == b->sin_port &&
+         a->sin_addr.s_addr == b->sin_addr.s_addr;
+}
+
+/* Accepts on l until the connection from c arrives: another program may
+ * connect to a loopback port too, and its connection is not ours. */
+static SOCKET accept_from(SOCKET l, SOCKET c) {
+  struct sockaddr_in want, got;
+  int len = (int)sizeof(want);
+  if (getsockname(c, (struct sockaddr *)&want, &len) != 0)
+    return INVALID_SOCKET;
+  for (int tries = 0; tries < 16; tries++) {
+    len = (int)sizeof(got);
+    SOCKET a = accept(l, (struct sockaddr *)&got, &len);
+    if (a == INVALID_SOCKET)
+      return INVALID_SOCKET;
+    if (len == (int)sizeof(got) && same_addr(&got, &want))
+      return a;
+    closesocket(a);
+  }
+  return INVALID_SOCKET;
+}
+
+static int connect_pair(SOCKET l, SOCKET *c, SOCKET *a) {
+  struct sockaddr_in addr;
+  int len = (int)sizeof(addr);
+  BOOL on = TRUE;
+  memset(&addr, 0, sizeof(addr));
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  /* Exclusive: nobody else may bind the port while we use it. */
+  setsockopt(l, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&on,
+             (int)sizeof(on));
+  if (bind(l, (const struct sockaddr *)&addr, (int)sizeof(addr)) != 0 ||
+      listen(l, 1) != 0 || getsockname(l, (struct sockaddr *)&addr, &len) != 0)
+    return -1;
+  *c = overlapped_tcp_socket();
+  if (*c == INVALID_SOCKET)
+    return -1;
+  if (connect(*c, (const struct sockaddr *)&addr, (int)sizeof(addr)) != 0)
+    return -1;
+  /* The accepted socket inherits the listener's overlapped flag. */
+  *a = accept_from(l, *c);
+  if (*a == INVALID_SOCKET)
+    return -1;
+  /* Small test messages must not wait for Nagle and delayed ACKs. */
+  setsockopt(*c, IPPROTO_TCP, TCP_NODELAY, (const char *)&on, (int)sizeof(on));
+  setsockopt(*a, IPPROTO_TCP, TCP_NODELAY, (const char *)&on, (int)sizeof(on));
+  return 0;
+}
+
+int pt_raw_socketpair(px_fd out[2]) {
+  static int started;
+  WSADATA wsa;
+  SOCKET l, c = INVALID_SOCKET, a = INVALID_SOCKET;
+  if (!started) {
+    if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0)
+      return -1;
+    started = 1;
+  }
+  l = overlapped_tcp_socket();
+  if (l == INVALID_SOCKET)
+    return -1;
+  int rc = connect_pair(l, &c, &a);
+  closesocket(l);
+  if (rc != 0) {
+    if (c != INVALID_SOCKET)
+      closesocket(c);
+    if (a != INVALID_SOCKET)
+      closesocket(a);
+    return -1;
+  }
+  out[0] = (px_fd)c;
+  out[1] = (px_fd)a;
+  return 0;
+}
+#else
+int pt_raw_socketpair(px_fd out[2]) {
+  int sv[2];
+#ifdef SOCK_CLOEXEC
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return -1;
+#else
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+    return -1;
+  fcntl(sv[0], F_SETFD, FD_CLOEXEC);
+  fcntl(sv[1], F_SETFD, FD_CLOEXEC);
+#endif
+  out[0] = sv[0];
+  out[1] = sv[1];
+  return 0;
+}
+#endif
 
 /* ---- Watchdog. ---------------------------------------------------------- */
 

@@ -33,10 +33,41 @@ int pt_temp_path(char *buf, size_t size, const char *tag);
 void pt_sigpipe_default(void);
 
 /* Counts SIGPIPE deliveries instead of dying of them, so a test can report
- * that px let one through and the suite goes on; stop restores the default
- * action and returns the count (always 0 where there is no SIGPIPE). */
+ * that px let one through and the suite goes on; stop unblocks SIGPIPE in
+ * the calling thread (a pending one is delivered and counted), restores
+ * the default action and returns the count (always 0 where there is no
+ * SIGPIPE). */
 void pt_sigpipe_count_start(void);
 int pt_sigpipe_count_stop(void);
+
+/* Signal masks of the calling thread, for tests that check px leaves them
+ * as it found them.  Where the platform has no signal masks (Windows) a
+ * mask is empty, nothing is ever blocked or pending, and two masks are
+ * always equal. */
+int pt_sigpipe_blocked(void); /* 1 if SIGPIPE is blocked, else 0 */
+int pt_sigpipe_pending(void); /* 1 if a SIGPIPE waits for delivery, else 0 */
+
+typedef struct pt_sigmask {
+  uint64_t bits[2]; /* bit n-1 set: signal n is blocked (n < 128) */
+} pt_sigmask;
+void pt_sigmask_save(pt_sigmask *m);
+int pt_sigmask_equal(const pt_sigmask *a, const pt_sigmask *b);
+/* Blocks every signal in the calling thread (a worker that wants none). */
+void pt_block_all_signals(void);
+/* SIGUSR1 stands for "a signal the program blocked itself".  blocked()
+ * returns 1 or 0, or -1 where the platform has no SIGUSR1 (the others then
+ * do nothing). */
+int pt_sigusr1_blocked(void);
+void pt_sigusr1_block(void);
+void pt_sigusr1_unblock(void);
+
+/*
+ * A connected pair of stream sockets that no loop knows yet, so that each
+ * of two loops can px_adopt its own end (IOCP ties a handle to one
+ * completion port for good).  POSIX: an AF_UNIX socketpair; Windows: two
+ * overlapped TCP sockets connected over 127.0.0.1.  Returns 0 or -1.
+ */
+int pt_raw_socketpair(px_fd out[2]);
 
 /*
  * The watchdog thread.  pt_hang_guard(s) ends the process with a message if

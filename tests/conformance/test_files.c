@@ -141,6 +141,9 @@ void close_of_file_completes_with_zero(void **state) {
                    PX_EBADF);
   RUN_UNTIL(loop, r.calls == 1, 5000);
   assert_int_equal(r.result, 0);
+  /* The handle is really closed: the system no longer knows it.  Checked
+   * at once, before anything here could reuse the number. */
+  assert_int_equal(px_adopt(loop, fd), PX_EBADF);
   assert_int_equal(px_read(loop, &other, fd, buf, sizeof(buf), 0, rec_cb, &o),
                    PX_EBADF);
   assert_int_equal(px_fsync(loop, &other, fd, 0, rec_cb, &o), PX_EBADF);

@@ -399,8 +399,11 @@ static void sendq_send_cb(px_loop *loop, px_op *op) {
   q->order[i] = q->done++;
 }
 
+/* The receive buffer has room for one send more than was sent, so a recv
+ * is always possible and too many bytes would show. */
 static void sendq_recv_cb(px_loop *loop, px_op *op) {
   sendq *q = op->data;
+  const size_t cap = (size_t)(NSEND + 1) * SEND_LEN;
   if (op->result <= 0) {
     if (op->result < 0)
       q->recv_err = op->result;
@@ -409,8 +412,8 @@ static void sendq_recv_cb(px_loop *loop, px_op *op) {
     return;
   }
   q->received += (size_t)op->result;
-  if (q->received < (size_t)NSEND * SEND_LEN) {
-    size_t len = (size_t)NSEND * SEND_LEN - q->received;
+  if (q->received < cap) {
+    size_t len = cap - q->received;
     int rc = px_recv(loop, &q->rop, q->in, q->dst + q->received,
                      len < SEND_LEN ? len : SEND_LEN, sendq_recv_cb, q);
     if (rc != 0)
@@ -426,6 +429,11 @@ static size_t sendq_sent(const sendq *q) {
   return total;
 }
 
+/*
+ * Sends may complete short (a readiness backend writes what fits), and the
+ * next one is already issued then: the stream is the concatenation of each
+ * send's first result bytes, and the completions come in submission order.
+ */
 void sends_on_one_socket_complete_in_submission_order(void **state) {
   px_loop *loop = new_loop();
   px_fd c, s;
@@ -434,7 +442,7 @@ void sends_on_one_socket_complete_in_submission_order(void **state) {
   (void)state;
   assert_non_null(q);
   q->src = malloc(total);
-  q->dst = calloc(1, total);
+  q->dst = calloc(1, total + SEND_LEN);
   assert_non_null(q->src);
   assert_non_null(q->dst);
   for (size_t i = 0; i < total; i++) {
@@ -454,25 +462,32 @@ void sends_on_one_socket_complete_in_submission_order(void **state) {
       px_recv(loop, &q->rop, s, q->dst, SEND_LEN, sendq_recv_cb, q), 0);
   RUN_UNTIL(loop,
             q->recv_err || q->eof ||
-                (q->done == NSEND && q->received == sendq_sent(q)),
+                (q->done == NSEND && q->received >= sendq_sent(q)),
             20000);
   assert_int_equal(q->recv_err, 0);
   assert_false(q->eof);
   for (int k = 0; k < NSEND; k++) {
     assert_int_equal(q->calls[k], 1);
-    if (q->results[k] != SEND_LEN)
-      fail_msg("send %d of %d completed with %d of %d bytes: a short send "
-               "while the peer drains (the test expects full sends)",
-               k, NSEND, q->results[k], SEND_LEN);
+    if (q->results[k] <= 0 || q->results[k] > SEND_LEN)
+      fail_msg("send %d of %d completed with %d (%s)", k, NSEND, q->results[k],
+               px_strerror(q->results[k]));
     if (q->order[k] != k)
       fail_msg("send %d completed in position %d", k, q->order[k]);
   }
-  assert_int_equal(q->received, total);
-  for (int k = 0; k < NSEND; k++)
-    if (memcmp(q->dst + (size_t)k * SEND_LEN, q->src + (size_t)k * SEND_LEN,
-               SEND_LEN) != 0)
-      fail_msg("the stream differs from the sends in block %d", k);
+  /* End of stream after exactly what the sends reported. */
   close_fd(loop, c);
+  RUN_UNTIL(loop, q->recv_err || q->eof, 5000);
+  assert_int_equal(q->recv_err, 0);
+  if (q->received != sendq_sent(q))
+    fail_msg("received %d bytes, the sends reported %d", (int)q->received,
+             (int)sendq_sent(q));
+  size_t at = 0;
+  for (int k = 0; k < NSEND; k++) {
+    size_t n = (size_t)q->results[k];
+    if (memcmp(q->dst + at, q->src + (size_t)k * SEND_LEN, n) != 0)
+      fail_msg("the stream differs from send %d's first %d bytes", k, (int)n);
+    at += n;
+  }
   close_fd(loop, s);
   free(q->src);
   free(q->dst);
@@ -625,8 +640,9 @@ void close_cancels_pending_sends_and_recvs(void **state) {
   memset(sr, 0, sizeof(sr));
   memset(rr, 0, sizeof(rr));
   socketpair_new(loop, sp);
-  /* Nobody reads sp[1]: the send side of sp[0] fills up. */
-  int full = fill_send_buffer(loop, sp[0]);
+  /* Nobody reads sp[1]: the send side of sp[0] fills up (where it can),
+   * so the sends below wait. */
+  fill_send_buffer(loop, sp[0], NULL);
   int seq0 = g_seq;
   for (int i = 0; i < N; i++) {
     assert_int_equal(px_send(loop, &s[i], sp[0], chunk, LEN, rec_cb, &sr[i]),
@@ -643,10 +659,12 @@ void close_cancels_pending_sends_and_recvs(void **state) {
     assert_int_equal(sr[i].calls, 1);
     assert_int_equal(rr[i].calls, 1);
     assert_int_equal(rr[i].result, PX_ECANCELED);
-    if (full)
-      assert_int_equal(sr[i].result, PX_ECANCELED);
-    else
-      assert_true(sr[i].result == LEN || sr[i].result == PX_ECANCELED);
+    /* A send cancelled after it moved some bytes reports them: that is a
+     * short send, not a cancellation. */
+    if (sr[i].result != PX_ECANCELED &&
+        (sr[i].result <= 0 || sr[i].result > LEN))
+      fail_msg("send %d cancelled by the close completed with %d (%s)", i,
+               sr[i].result, px_strerror(sr[i].result));
     assert_true(sr[i].order < cr.order);
     assert_true(rr[i].order < cr.order);
   }
@@ -660,12 +678,15 @@ typedef struct canceller {
   px_op *target;
   px_op op;
   rec r;
+  int nops;    /* calls of the nop that cancels from its callback */
+  int refused; /* that px_cancel was refused */
 } canceller;
 
 static void cancel_now_cb(px_loop *loop, px_op *op) {
   canceller *k = op->data;
+  k->nops++;
   if (px_cancel(loop, &k->op, k->target, rec_cb, &k->r) != 0)
-    k->r.result = PX_EUNKNOWN;
+    k->refused++;
 }
 
 /*
@@ -673,8 +694,9 @@ static void cancel_now_cb(px_loop *loop, px_op *op) {
  * in the kernel; the recv's completion queued behind the callback that
  * cancels it; the recv already done.  Whatever wins, the recv completes
  * once, with the data or PX_ECANCELED, the cancel completes once (0, or
- * PX_ENOENT / PX_EALREADY when the data won), and a cancelled recv
- * consumed nothing.
+ * PX_ENOENT / PX_EALREADY when the data won; PX_ENOENT when the recv's
+ * callback had already run), and a cancelled recv consumed nothing.  Which
+ * side wins is up to the machine: no outcome is required to occur.
  */
 void cancel_racing_with_completion_completes_each_once(void **state) {
   enum { ROUNDS = 90 };
@@ -685,15 +707,17 @@ void cancel_racing_with_completion_completes_each_once(void **state) {
   rec rr = {0};
   canceller k = {0};
   uint8_t in[4], out;
-  int cancelled = 0;
+  int cancelled = 0, nops = 0;
   (void)state;
   k.target = &rop;
-  socketpair_new(peer, sp);
+  /* Each loop adopts only its own end. */
+  assert_int_equal(pt_raw_socketpair(sp), 0);
   assert_int_equal(px_adopt(loop, sp[0]), 0);
+  assert_int_equal(px_adopt(peer, sp[1]), 0);
   for (int i = 0; i < ROUNDS; i++) {
-    int calls = rr.calls;
+    int calls = rr.calls, kcalls = k.r.calls;
     out = (uint8_t)i;
-    k.r.calls = 0;
+    in[0] = (uint8_t)~i;
     assert_int_equal(px_recv(loop, &rop, sp[0], in, sizeof(in), rec_cb, &rr),
                      0);
     assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
@@ -702,18 +726,32 @@ void cancel_racing_with_completion_completes_each_once(void **state) {
     if (i % 3 == 0) {
       assert_int_equal(px_cancel(loop, &k.op, &rop, rec_cb, &k.r), 0);
     } else if (i % 3 == 1) {
+      nops++;
       assert_int_equal(px_nop(loop, &nop, cancel_now_cb, &k), 0);
     } else {
       RUN_UNTIL(loop, rr.calls == calls + 1, 2000);
       assert_int_equal(px_cancel(loop, &k.op, &rop, rec_cb, &k.r), 0);
     }
-    RUN_UNTIL(loop, rr.calls == calls + 1 && k.r.calls == 1, 2000);
+    RUN_UNTIL(loop,
+              k.refused || (rr.calls == calls + 1 && k.r.calls == kcalls + 1),
+              2000);
+    assert_int_equal(k.refused, 0);
+    assert_int_equal(rr.calls, calls + 1);
+    assert_int_equal(k.r.calls, kcalls + 1);
     if (rr.result == PX_ECANCELED) {
       cancelled++;
+      if (i % 3 == 2)
+        fail_msg("round %d: a recv whose callback had run was cancelled", i);
       assert_int_equal(k.r.result, 0);
       assert_int_equal(sync_recv(loop, sp[0], in, sizeof(in)), 1);
     } else {
-      assert_int_equal(rr.result, 1);
+      if (rr.result != 1)
+        fail_msg("round %d: the recv completed with %d (%s)", i, rr.result,
+                 px_strerror(rr.result));
+      if (i % 3 == 2 && k.r.result != PX_ENOENT)
+        fail_msg("round %d: the cancel of a recv whose callback had run "
+                 "gave %d, not PX_ENOENT",
+                 i, k.r.result);
       if (k.r.result != 0 && k.r.result != PX_ENOENT &&
           k.r.result != PX_EALREADY)
         fail_msg("round %d: the cancel of a finished recv gave %d", i,
@@ -722,7 +760,10 @@ void cancel_racing_with_completion_completes_each_once(void **state) {
     assert_int_equal(in[0], (uint8_t)i);
   }
   settle(loop);
+  /* Every recv, cancel and nop completed exactly once over the rounds. */
   assert_int_equal(rr.calls, ROUNDS);
+  assert_int_equal(k.r.calls, ROUNDS);
+  assert_int_equal(k.nops, nops);
   printf("%d of %d recvs were cancelled before their data\n", cancelled,
          ROUNDS);
   close_fd(loop, sp[0]);
@@ -757,13 +798,13 @@ void fd_close_with_ops_in_flight_is_refused_with_ebusy(void **state) {
 
 void adopted_handle_is_usable_by_the_loop(void **state) {
   px_loop *loop = new_loop();
-  px_loop *other = new_loop();
   px_fd sp[2];
   px_op op = {0};
   rec r = {0};
   char buf[8];
   (void)state;
-  socketpair_new(other, sp);
+  assert_int_equal(pt_raw_socketpair(sp), 0);
+  /* Not known to the loop until adopted. */
   assert_int_equal(px_recv(loop, &op, sp[0], buf, sizeof(buf), rec_cb, &r),
                    PX_EBADF);
   assert_int_equal(px_adopt(loop, sp[0]), 0);
@@ -775,7 +816,6 @@ void adopted_handle_is_usable_by_the_loop(void **state) {
   close_fd(loop, sp[0]);
   close_fd(loop, sp[1]);
   finish(loop);
-  finish(other);
 }
 
 void handle_number_reused_after_close_is_usable(void **state) {

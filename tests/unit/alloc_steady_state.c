@@ -3,6 +3,12 @@
  * replaced by counting wrappers, the loop is warmed up until its tables and
  * heaps have grown, and then 10,000 more rounds of every common op must
  * allocate and free nothing.
+ *
+ * Where the build links with -Wl,--wrap=malloc,... (Linux, gcc or clang:
+ * PX_TEST_WRAP_ALLOC), every call to malloc, calloc, realloc and free from
+ * the objects linked statically into this program (px's archive and this
+ * test) goes through the __wrap_ functions below as well, so an allocation
+ * that bypasses px's allocator is counted too.
  */
 /* cmocka.h needs these first; the blank line keeps them apart. */
 #include <setjmp.h>
@@ -19,6 +25,73 @@
 #include "px.h"
 
 static size_t n_malloc, n_realloc, n_free;
+
+#ifdef PX_TEST_WRAP_ALLOC
+#include <stdatomic.h>
+
+void *__real_malloc(size_t size);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *ptr, size_t size);
+void __real_free(void *ptr);
+void *__wrap_malloc(size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *ptr, size_t size);
+void __wrap_free(void *ptr);
+
+/* Atomic: the watchdog thread shares the process. */
+static atomic_size_t w_malloc, w_calloc, w_realloc, w_free;
+
+void *__wrap_malloc(size_t size) {
+  atomic_fetch_add(&w_malloc, 1);
+  return __real_malloc(size);
+}
+
+void *__wrap_calloc(size_t n, size_t size) {
+  atomic_fetch_add(&w_calloc, 1);
+  return __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *ptr, size_t size) {
+  atomic_fetch_add(&w_realloc, 1);
+  return __real_realloc(ptr, size);
+}
+
+void __wrap_free(void *ptr) {
+  if (ptr != NULL)
+    atomic_fetch_add(&w_free, 1);
+  __real_free(ptr);
+}
+
+static void wrapped_reset(void) {
+  atomic_store(&w_malloc, 0);
+  atomic_store(&w_calloc, 0);
+  atomic_store(&w_realloc, 0);
+  atomic_store(&w_free, 0);
+}
+
+static void wrapped_check(void) {
+  size_t m = atomic_load(&w_malloc), c = atomic_load(&w_calloc);
+  size_t r = atomic_load(&w_realloc), f = atomic_load(&w_free);
+  if (m != 0 || c != 0 || r != 0 || f != 0)
+    fail_msg("steady state called the C library: %u malloc, %u calloc, "
+             "%u realloc, %u free",
+             (unsigned)m, (unsigned)c, (unsigned)r, (unsigned)f);
+}
+
+/* The wrappers are in the link: px's allocations during setup (through
+ * count_malloc below) reached them. */
+static int wrapped_seen(void) {
+  return atomic_load(&w_malloc) > 0;
+}
+#else
+static void wrapped_reset(void) {}
+
+static void wrapped_check(void) {}
+
+static int wrapped_seen(void) {
+  return 1;
+}
+#endif
 
 static void *count_malloc(size_t size) {
   n_malloc++;
@@ -110,15 +183,18 @@ static void no_allocation_in_steady_state(void **state) {
   memset(r->sbuf, 'x', MSG);
   memset(r->pipe_out, 'y', MSG);
   assert_true(n_malloc > 0); /* the loop itself came from the wrappers */
+  assert_true(wrapped_seen());
 
   for (int i = 0; i < 3000; i++)
     run_round(loop, r, sp, pp);
   n_malloc = n_realloc = n_free = 0;
+  wrapped_reset();
   for (int i = 0; i < 10000; i++)
     run_round(loop, r, sp, pp);
   if (n_malloc != 0 || n_realloc != 0 || n_free != 0)
     fail_msg("steady state allocated: %u malloc, %u realloc, %u free",
              (unsigned)n_malloc, (unsigned)n_realloc, (unsigned)n_free);
+  wrapped_check();
 
   px_loop_stats(loop, &s);
   assert_int_equal(s.in_flight, 0);
