@@ -23,7 +23,7 @@
   X(ESPIPE, "illegal seek")                                                    \
   X(EPIPE, "broken pipe")                                                      \
   X(ENAMETOOLONG, "name too long")                                             \
-  X(ENOSYS, "function not implemented")                                        \
+  X(ENOSYS, "system call not available")                                       \
   X(ENOTSOCK, "not a socket")                                                  \
   X(EMSGSIZE, "message too long")                                              \
   X(EOPNOTSUPP, "operation not supported")                                     \
