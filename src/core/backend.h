@@ -25,7 +25,9 @@ typedef struct px__backend {
   /* Called with no op in flight. */
   void (*destroy)(px_loop *loop);
   /* Prepares a handle the core is about to make known (blocking mode,
-   * completion port association, ...). */
+   * completion port association, ...).  Not called for a handle produced
+   * by an ACCEPT: the backend hands that one over ready to use, in op->off
+   * with result 0. */
   int (*adopt)(px_loop *loop, px_fd fd);
 
   /*
