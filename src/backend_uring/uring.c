@@ -74,13 +74,13 @@ typedef struct px__uring {
   uint64_t wake_buf;
   bool enabled; /* created R_DISABLED and not enabled yet: false */
   bool stopping;
-  bool wake_armed;            /* the eventfd read is in the ring */
-  bool wake_rearm;            /* ... and goes back when an SQE is free */
-  px_op *ovf_head, *ovf_tail; /* ops waiting for an SQE */
-  uint32_t stream_writes;     /* started writes that may raise SIGPIPE */
-  bool defer_taskrun;         /* completions run only inside an enter */
-  bool guard_held;            /* this loop holds its thread's SIGPIPE guard */
-  uint64_t guard_thread;      /* ... on this thread (px__thread_id) */
+  bool wake_armed;        /* the eventfd read is in the ring */
+  bool wake_rearm;        /* ... and goes back when an SQE is free */
+  px__fifo ovf;           /* ops waiting for an SQE */
+  uint32_t stream_writes; /* started writes that may raise SIGPIPE */
+  bool defer_taskrun;     /* completions run only inside an enter */
+  bool guard_held;        /* this loop holds its thread's SIGPIPE guard */
+  uint64_t guard_thread;  /* ... on this thread (px__thread_id) */
   /* A px_close found the SQ full before the ring was enabled (enabling it
    * there would bind it to the wrong thread): its cancel goes out at the
    * first poll, found by a scan of the handles waiting to close. */
@@ -262,50 +262,23 @@ static bool px__prep(px__uring *u, px_op *op) {
 
 static void px__ovf_push(px__uring *u, px_op *op) {
   px__uop_of(op)->on_ovf = 1;
-  op->next = NULL;
-  if (u->ovf_tail != NULL)
-    u->ovf_tail->next = op;
-  else
-    u->ovf_head = op;
-  u->ovf_tail = op;
+  px__fifo_push(&u->ovf, op);
 }
 
 static px_op *px__ovf_pop(px__uring *u) {
-  px_op *op = u->ovf_head;
-  u->ovf_head = op->next;
-  if (u->ovf_head == NULL)
-    u->ovf_tail = NULL;
-  op->next = NULL;
-  px__uop_of(op)->on_ovf = 0;
-  return op;
-}
-
-static void px__ovf_remove(px__uring *u, px_op *op) {
-  px_op *prev = NULL;
-  for (px_op *it = u->ovf_head; it != NULL; prev = it, it = it->next) {
-    if (it != op)
-      continue;
-    if (prev != NULL)
-      prev->next = op->next;
-    else
-      u->ovf_head = op->next;
-    if (u->ovf_tail == op)
-      u->ovf_tail = prev;
-    op->next = NULL;
+  px_op *op = px__fifo_pop(&u->ovf);
+  if (op != NULL)
     px__uop_of(op)->on_ovf = 0;
-    return;
-  }
+  return op;
 }
 
 /* Completes, without the kernel, the overflow ops that match.  A close
  * stays: it must still run, or the handle would leak. */
 static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
-  px_op *list = u->ovf_head;
-  u->ovf_head = u->ovf_tail = NULL;
-  while (list != NULL) {
-    px_op *op = list;
-    list = op->next;
-    op->next = NULL;
+  px__fifo pending = u->ovf;
+  u->ovf = (px__fifo){0};
+  px_op *op;
+  while ((op = px__fifo_pop(&pending)) != NULL) {
     px__uop_of(op)->on_ovf = 0;
     bool match = all ? op->kind != PX__OP_CLOSE
                      : px__kind_has_fd(op->kind) && op->fd == fd;
@@ -320,8 +293,8 @@ static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
 /* Moves overflow ops into the SQ, submitting to make room. */
 static int px__ovf_flush(px_loop *loop, px__uring *u) {
   int stuck = 0;
-  while (u->ovf_head != NULL) {
-    if (px__prep(u, u->ovf_head)) {
+  while (u->ovf.head != NULL) {
+    if (px__prep(u, u->ovf.head)) {
       px__ovf_pop(u);
       continue;
     }
@@ -344,7 +317,7 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
   u->stream_writes += px__may_sigpipe(op);
-  if (u->ovf_head != NULL || !px__prep(u, op))
+  if (u->ovf.head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
   return 0;
 }
@@ -352,7 +325,8 @@ static int px__uring_submit(px_loop *loop, px_op *op) {
 static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   px__uring *u = px__u(loop);
   if (px__uop_of(target)->on_ovf) {
-    px__ovf_remove(u, target);
+    px__fifo_remove(&u->ovf, target);
+    px__uop_of(target)->on_ovf = 0;
     u->stream_writes -= px__may_sigpipe(target);
     px__complete(loop, target, PX_ECANCELED);
     if (cancel_op != NULL)

@@ -47,16 +47,52 @@ enum px__flag {
   PX__F_SIGPIPE = 1u << 6   /* a write to a pipe or socket: may raise it */
 };
 
+/* An intrusive FIFO of ops linked through op->next (no allocation). */
+typedef struct px__fifo {
+  px_op *head, *tail;
+} px__fifo;
+
+static inline void px__fifo_push(px__fifo *f, px_op *op) {
+  op->next = NULL;
+  if (f->tail != NULL)
+    f->tail->next = op;
+  else
+    f->head = op;
+  f->tail = op;
+}
+
+static inline px_op *px__fifo_pop(px__fifo *f) {
+  px_op *op = f->head;
+  if (op != NULL) {
+    f->head = op->next;
+    if (f->head == NULL)
+      f->tail = NULL;
+    op->next = NULL;
+  }
+  return op;
+}
+
+/* Unlinks op (an O(n) walk: for cancellations, not the hot path). */
+bool px__fifo_remove(px__fifo *f, px_op *op);
+
+/* One direction of a handle's stream ops. */
+typedef struct px__dir {
+  px__fifo waiting; /* not started yet */
+  uint8_t busy;     /* one is started */
+} px__dir;
+
 /* Per-handle state: stream queues and the count of started ops. */
 typedef struct px__fdent {
-  px_op *rq_head, *rq_tail; /* stream reads not started yet */
-  px_op *wq_head, *wq_tail; /* stream writes not started yet */
-  px_op *closing;           /* close waiting for started ops to finish */
-  uint32_t started;         /* ops on this handle inside the backend */
+  px__dir dir[2];   /* [0] reads, [1] writes */
+  px_op *closing;   /* close waiting for started ops to finish */
+  uint32_t started; /* ops on this handle inside the backend */
   uint8_t known;
-  uint8_t stream;           /* not a regular file: pipe, socket, device */
-  uint8_t rd_busy, wr_busy; /* a stream op of that direction is started */
+  uint8_t stream; /* not a regular file: pipe, socket, device */
 } px__fdent;
+
+static inline px__dir *px__dir_of(px__fdent *e, const px_op *op) {
+  return &e->dir[(op->flags & PX__F_WRITEQ) != 0];
+}
 
 struct px_loop {
 #ifndef PX__ONLY_BACKEND
@@ -67,7 +103,7 @@ struct px_loop {
   int64_t now; /* px__now_ns, refreshed once per iteration */
   px_stats stats;
 
-  px_op *ready_head, *ready_tail; /* completed, not dispatched */
+  px__fifo ready; /* completed, not dispatched */
 
   px_op **heap; /* timer min-heap on op->when; op->heap = slot + 1 */
   uint32_t heap_len, heap_cap;
@@ -118,8 +154,9 @@ void px__heap_free(px_loop *loop);
 
 /* loop.c: moving ops. */
 void px__ready_push(px_loop *loop, px_op *op, int32_t result);
-bool px__start(px_loop *loop, px_op *op); /* false: refused, completed */
-void px__queue_remove(px__fdent *e, px_op *op);
+/* Hands op (on handle e, NULL for none) to the backend; false: refused,
+ * and op completed with the error. */
+bool px__start(px_loop *loop, px_op *op, px__fdent *e);
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 
 /* sock_*.c: platform handle operations. */

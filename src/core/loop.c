@@ -16,26 +16,16 @@
 void px__ready_push(px_loop *loop, px_op *op, int32_t result) {
   op->result = result;
   op->state = PX__READY;
-  op->next = NULL;
-  if (loop->ready_tail != NULL)
-    loop->ready_tail->next = op;
-  else
-    loop->ready_head = op;
-  loop->ready_tail = op;
+  px__fifo_push(&loop->ready, op);
 }
 
 static px_op *px__ready_pop(px_loop *loop) {
-  px_op *op = loop->ready_head;
+  px_op *op = px__fifo_pop(&loop->ready);
   if (op == NULL)
     return NULL;
-  loop->ready_head = op->next;
-  if (loop->ready_head == NULL)
-    loop->ready_tail = NULL;
-  op->next = NULL;
   op->state = PX__IDLE;
   op->flags = 0;
   loop->stats.completed++;
-  loop->stats.in_flight--;
   if (op->result == PX_ECANCELED)
     loop->stats.cancelled++;
   else if (op->result < 0)
@@ -60,41 +50,28 @@ static int px__dispatch(px_loop *loop) {
   return n;
 }
 
-void px__queue_remove(px__fdent *e, px_op *op) {
-  px_op **head = (op->flags & PX__F_WRITEQ) ? &e->wq_head : &e->rq_head;
-  px_op **tail = (op->flags & PX__F_WRITEQ) ? &e->wq_tail : &e->rq_tail;
+bool px__fifo_remove(px__fifo *f, px_op *op) {
   px_op *prev = NULL;
-  for (px_op *it = *head; it != NULL; prev = it, it = it->next) {
+  for (px_op *it = f->head; it != NULL; prev = it, it = it->next) {
     if (it != op)
       continue;
     if (prev != NULL)
       prev->next = op->next;
     else
-      *head = op->next;
-    if (*tail == op)
-      *tail = prev;
+      f->head = op->next;
+    if (f->tail == op)
+      f->tail = prev;
     op->next = NULL;
-    return;
+    return true;
   }
-}
-
-static px_op *px__queue_pop(px_op **head, px_op **tail) {
-  px_op *op = *head;
-  if (op != NULL) {
-    *head = op->next;
-    if (*head == NULL)
-      *tail = NULL;
-    op->next = NULL;
-  }
-  return op;
+  return false;
 }
 
 /* Hands op to the backend.  When the backend refuses it, op completes with
  * the error and false comes back: the caller then frees the stream
  * direction or starts the next op (no recursion through px__complete). */
-bool px__start(px_loop *loop, px_op *op) {
+bool px__start(px_loop *loop, px_op *op, px__fdent *e) {
   const px__backend *bk = PX__BK(loop);
-  px__fdent *e = px__kind_has_fd(op->kind) ? px__fd_get(loop, op->fd) : NULL;
   /* A kernel timer takes over the deadline, even one already past: the
    * kernel still tries the op once, so a zero deadline means "only if it
    * can complete at once". */
@@ -114,16 +91,13 @@ bool px__start(px_loop *loop, px_op *op) {
 }
 
 /* The next stream op of a direction starts when the previous one is done. */
-static void px__stream_next(px_loop *loop, px__fdent *e, bool write) {
-  px_op **head = write ? &e->wq_head : &e->rq_head;
-  px_op **tail = write ? &e->wq_tail : &e->rq_tail;
-  uint8_t *busy = write ? &e->wr_busy : &e->rd_busy;
+static void px__stream_next(px_loop *loop, px__fdent *e, px__dir *d) {
   px_op *next;
-  *busy = 1;
-  while ((next = px__queue_pop(head, tail)) != NULL)
-    if (px__start(loop, next))
+  d->busy = 1;
+  while ((next = px__fifo_pop(&d->waiting)) != NULL)
+    if (px__start(loop, next, e))
       return;
-  *busy = 0;
+  d->busy = 0;
 }
 
 void px__close_start(px_loop *loop, px__fdent *e) {
@@ -164,7 +138,7 @@ void px__complete(px_loop *loop, px_op *op, int32_t result) {
     return;
   e->started--;
   if ((op->flags & PX__F_STREAM) && e->closing == NULL)
-    px__stream_next(loop, e, op->flags & PX__F_WRITEQ);
+    px__stream_next(loop, e, px__dir_of(e, op));
   if (e->closing != NULL && e->started == 0)
     px__close_start(loop, e);
 }
@@ -178,7 +152,7 @@ static void px__timers_run(px_loop *loop) {
     if (op->kind == PX__OP_TIMEOUT) {
       px__ready_push(loop, op, 0);
     } else if (op->state == PX__QUEUED) {
-      px__queue_remove(px__fd_get(loop, op->fd), op);
+      px__fifo_remove(&px__dir_of(px__fd_get(loop, op->fd), op)->waiting, op);
       px__ready_push(loop, op, PX_ETIMEDOUT);
     } else if (op->state == PX__STARTED) {
       op->flags |= PX__F_TIMEDOUT;
@@ -189,7 +163,7 @@ static void px__timers_run(px_loop *loop) {
 
 /* Nanoseconds the backend may sleep: until the next timer, or no limit. */
 static int64_t px__poll_timeout(px_loop *loop, int64_t limit) {
-  if (loop->ready_head != NULL || loop->stop)
+  if (loop->ready.head != NULL || loop->stop)
     return 0;
   px_op *top = px__heap_top(loop);
   if (top != NULL) {
@@ -220,7 +194,6 @@ static void px__posts_drain(px_loop *loop) {
     px_op *next = fifo->next;
     loop->drained++;
     loop->stats.submitted++;
-    loop->stats.in_flight++;
     px__ready_push(loop, fifo, loop->closing ? PX_ECANCELED : 0);
     fifo = next;
   }
@@ -279,7 +252,8 @@ static int px__iterate(px_loop *loop, int64_t limit) {
 }
 
 static bool px__alive(px_loop *loop) {
-  return loop->stats.in_flight > 0 || px__posts_in_transit(loop);
+  return loop->stats.submitted != loop->stats.completed ||
+         px__posts_in_transit(loop);
 }
 
 uint64_t px__thread_id(void) {
@@ -414,11 +388,9 @@ static void px__cancel_core_ops(px_loop *loop) {
       px__ready_push(loop, op, PX_ECANCELED);
   }
   for (size_t i = 0; i < loop->nfds; i++) {
-    px__fdent *e = &loop->fds[i];
-    while ((op = px__queue_pop(&e->rq_head, &e->rq_tail)) != NULL)
-      px__ready_push(loop, op, PX_ECANCELED);
-    while ((op = px__queue_pop(&e->wq_head, &e->wq_tail)) != NULL)
-      px__ready_push(loop, op, PX_ECANCELED);
+    for (int d = 0; d < 2; d++)
+      while ((op = px__fifo_pop(&loop->fds[i].dir[d].waiting)) != NULL)
+        px__ready_push(loop, op, PX_ECANCELED);
   }
 }
 
@@ -470,5 +442,6 @@ void px_loop_stats(const px_loop *loop, px_stats *out) {
       atomic_load_explicit(&((px_loop *)loop)->posted, memory_order_acquire) -
       loop->drained;
   out->submitted += transit;
-  out->in_flight += transit;
+  /* Derived, not kept: accepted and not yet completed. */
+  out->in_flight = out->submitted - out->completed;
 }

@@ -104,7 +104,8 @@ int px_fd_close(px_loop *loop, px_fd fd) {
     return PX_EBADF;
   if (loop != NULL) {
     px__fdent *e = px__fd_get(loop, fd);
-    if (e != NULL && (e->started || e->closing || e->rq_head || e->wq_head))
+    if (e != NULL && (e->started || e->closing || e->dir[0].waiting.head ||
+                      e->dir[1].waiting.head))
       return PX_EBUSY;
     px__fd_forget(loop, fd);
   }

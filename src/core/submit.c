@@ -72,39 +72,25 @@ static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
   }
   op->flags = flags;
   loop->stats.submitted++;
-  loop->stats.in_flight++;
   return 0;
-}
-
-static void px__enqueue(px_op **head, px_op **tail, px_op *op) {
-  op->next = NULL;
-  if (*tail != NULL)
-    (*tail)->next = op;
-  else
-    *head = op;
-  *tail = op;
 }
 
 /* Routes an accepted op: a stream op waits behind its handle's busy
  * direction, everything else starts now. */
 static int px__route(px_loop *loop, px_op *op, px__fdent *e) {
   if (op->flags & PX__F_STREAM) {
-    bool w = op->flags & PX__F_WRITEQ;
-    uint8_t *busy = w ? &e->wr_busy : &e->rd_busy;
-    if (*busy) {
+    px__dir *d = px__dir_of(e, op);
+    if (d->busy) {
       op->state = PX__QUEUED;
-      if (w)
-        px__enqueue(&e->wq_head, &e->wq_tail, op);
-      else
-        px__enqueue(&e->rq_head, &e->rq_tail, op);
+      px__fifo_push(&d->waiting, op);
       return 0;
     }
-    *busy = 1;
-    if (!px__start(loop, op))
-      *busy = 0; /* refused: op completes with the error, nothing waits */
+    d->busy = 1;
+    if (!px__start(loop, op, e))
+      d->busy = 0; /* refused: op completes with the error, nothing waits */
     return 0;
   }
-  px__start(loop, op);
+  px__start(loop, op, e);
   return 0;
 }
 
@@ -226,12 +212,11 @@ int px_fsync(px_loop *loop, px_op *op, px_fd fd, unsigned flags, px_cb cb,
   return px__handle_op(loop, op, PX__OP_FSYNC, fd, NULL, f, cb, data);
 }
 
-static void px__cancel_queue(px_loop *loop, px_op *op) {
-  while (op != NULL) {
-    px_op *next = op->next;
+static void px__cancel_queue(px_loop *loop, px__fifo *f) {
+  px_op *op;
+  while ((op = px__fifo_pop(f)) != NULL) {
     px__heap_remove(loop, op);
     px__ready_push(loop, op, PX_ECANCELED);
-    op = next;
   }
 }
 
@@ -252,10 +237,8 @@ int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
     return r;
   op->state = PX__CLOSING;
   e->closing = op;
-  px_op *rq = e->rq_head, *wq = e->wq_head;
-  e->rq_head = e->rq_tail = e->wq_head = e->wq_tail = NULL;
-  px__cancel_queue(loop, rq);
-  px__cancel_queue(loop, wq);
+  px__cancel_queue(loop, &e->dir[0].waiting);
+  px__cancel_queue(loop, &e->dir[1].waiting);
   if (e->started == 0)
     px__close_start(loop, e);
   else
@@ -278,7 +261,6 @@ int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb, void *data) {
     return r;
   op->state = PX__TIMER;
   loop->stats.submitted++;
-  loop->stats.in_flight++;
   return 0;
 }
 
@@ -292,7 +274,7 @@ int px_nop(px_loop *loop, px_op *op, px_cb cb, void *data) {
   r = px__accept(loop, op, 0);
   if (r < 0)
     return r;
-  px__start(loop, op);
+  px__start(loop, op, NULL);
   return 0;
 }
 
@@ -305,7 +287,8 @@ static int32_t px__cancel_target(px_loop *loop, px_op *op, px_op *target) {
       px__ready_push(loop, target, PX_ECANCELED);
       return 0;
     case PX__QUEUED:
-      px__queue_remove(px__fd_get(loop, target->fd), target);
+      px__fifo_remove(
+          &px__dir_of(px__fd_get(loop, target->fd), target)->waiting, target);
       px__heap_remove(loop, target);
       px__ready_push(loop, target, PX_ECANCELED);
       return 0;
