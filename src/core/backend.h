@@ -29,6 +29,10 @@ typedef struct px__backend {
    * by an ACCEPT: the backend hands that one over ready to use, in op->off
    * with result 0. */
   int (*adopt)(px_loop *loop, px_fd fd);
+  /* Optional (may be NULL): px_fd_close is about to close fd, which has no
+   * op in flight; per-handle state goes.  (A CLOSE op does the same inside
+   * submit.) */
+  void (*release)(px_loop *loop, px_fd fd);
 
   /*
    * Starts op.  Kinds: READ, WRITE, READV, WRITEV, RECV, SEND, ACCEPT,

@@ -107,6 +107,8 @@ int px_fd_close(px_loop *loop, px_fd fd) {
     if (e != NULL && (e->started || e->closing || e->dir[0].waiting.head ||
                       e->dir[1].waiting.head))
       return PX_EBUSY;
+    if (e != NULL && PX__BK(loop)->release != NULL)
+      PX__BK(loop)->release(loop, fd);
     px__fd_forget(loop, fd);
   }
   return px__os_close(fd);

@@ -1,0 +1,98 @@
+/* State shared by the files of the posix_aio backend. */
+#ifndef PX_POSIX_AIO_PA_H
+#define PX_POSIX_AIO_PA_H
+
+#include "core/internal.h"
+#include "poller.h"
+
+#if defined(__GNUC__)
+#define PX__MAY_ALIAS __attribute__((may_alias))
+#else
+#define PX__MAY_ALIAS
+#endif
+
+/* Where a started op is. */
+enum px__where {
+  PX__W_NONE = 0,
+  PX__W_READY, /* waits for readiness on its fd's queue */
+  PX__W_DONE,  /* result known, reported at the next poll */
+  PX__W_AIO,   /* an aiocb of the slab is in the kernel (or libc) */
+  PX__W_SLOT   /* a file op waiting for a free aiocb */
+};
+
+/* Per-op state, inside op->backend. */
+typedef struct PX__MAY_ALIAS px__paop {
+  int64_t pos;   /* PX_CUR file ops: the handle's position at the start */
+  uint64_t done; /* vector file ops: bytes moved by earlier segments */
+  int32_t res;   /* PX__W_DONE: the result */
+  uint32_t slot; /* PX__W_AIO: index in the aiocb slab */
+  uint32_t seg;  /* vector file ops: the segment in flight */
+  uint8_t where;
+  uint8_t connecting; /* connect: in progress, wait for writability */
+  uint8_t lane;       /* PX__W_AIO: which descriptor of the file */
+  uint8_t stop;       /* cancelled: a vector op ends after this segment */
+} px__paop;
+
+_Static_assert(sizeof(px__paop) <= sizeof(((px_op *)0)->backend),
+               "posix_aio op state fits in px_op");
+
+static inline px__paop *px__pa_op(px_op *op) {
+  return (px__paop *)(void *)op->backend;
+}
+
+typedef struct px__lanes px__lanes;
+
+/* Per-handle state, indexed by fd. */
+typedef struct px__pfd {
+  px__fifo q[2];      /* ops waiting for readiness: [0] read, [1] write */
+  px__lanes *lanes;   /* a file's extra descriptors for parallel AIO */
+  int32_t run_next;   /* link of the run list, -1 at its end */
+  uint16_t aio_busy;  /* AIO requests in flight on the fd itself */
+  uint8_t ready;      /* PX__IN|PX__OUT: no call said EAGAIN since */
+  uint8_t watched;    /* the interest the poller has */
+  uint8_t on_run;     /* on the run list */
+  uint8_t used;       /* initialised since the fd became known */
+  uint8_t unpollable; /* the poller refused it: always ready */
+  uint8_t hup;        /* the poller saw a hang-up: reads end at once */
+} px__pfd;
+
+typedef struct px__aio px__aio;
+
+typedef struct px__pa {
+  px__poller *poller;
+  int wake_r, wake_w; /* px_loop_wakeup: an eventfd (r == w) or a pipe */
+  px__pfd *fds;       /* by fd */
+  size_t nfds;
+  int32_t run_head; /* fds whose queued ops may run now; -1: none */
+  int32_t run_tail;
+  px__fifo done;   /* ops whose result is known */
+  px__aio *aio;    /* file I/O, made at the first file op */
+  bool guard_held; /* the SIGPIPE guard, for writes to pipes */
+} px__pa;
+
+static inline px__pa *px__pa_of(px_loop *loop) {
+  return loop->bk;
+}
+
+/* posix_aio.c */
+void px__pa_done(px__pa *pa, px_op *op, int32_t res);
+px__pfd *px__pa_fd(px__pa *pa, int fd); /* NULL when never used */
+px__pfd *px__pa_fd_make(px_loop *loop, px__pa *pa, int fd); /* NULL: ENOMEM */
+int px__pa_wake_fd(int *r, int *w); /* an eventfd or a pipe */
+void px__pa_wake_drain(int fd);
+int px__pa_wake_post(int fd);
+
+/* aio_file.c */
+int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op);
+/* 0 when a cancellation reached op, PX_EALREADY when it runs on. */
+int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op);
+void px__aio_cancel_fd(px_loop *loop, px__pa *pa, int fd);
+void px__aio_cancel_all(px_loop *loop, px__pa *pa);
+/* The notification fd to poll (-1 before the first file op), and its
+ * handler: reaps finished requests. */
+int px__aio_notify_fd(const px__pa *pa);
+void px__aio_reap(px_loop *loop, px__pa *pa);
+void px__aio_release_fd(px__pa *pa, px__pfd *f); /* closes the lanes */
+void px__aio_free(px__pa *pa);
+
+#endif
