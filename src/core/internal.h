@@ -162,6 +162,7 @@ void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 /* sock_*.c: platform handle operations. */
 int px__os_close(px_fd fd);
 int px__os_is_stream(px_fd fd); /* 1, 0, or a PX_E* code */
+int px__os_writable(px_fd fd);  /* open for writing: 1, 0, or a PX_E* code */
 
 /*
  * A write to a pipe (or to a socket through write()) whose reader is gone

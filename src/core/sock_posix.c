@@ -74,6 +74,13 @@ int px__os_is_stream(px_fd fd) {
   return !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
 }
 
+int px__os_writable(px_fd fd) {
+  int fl = fcntl((int)fd, F_GETFL);
+  if (fl < 0)
+    return px__errno(errno);
+  return (fl & O_ACCMODE) != O_RDONLY;
+}
+
 /* Makes fd known to loop, or closes it. */
 static int px__own(px_loop *loop, int fd, bool stream, px_fd *out) {
   int r = PX__BK(loop)->adopt(loop, fd);

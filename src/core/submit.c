@@ -183,6 +183,10 @@ static int px__handle_op(px_loop *loop, px_op *op, unsigned kind, px_fd fd,
   px__fdent *e = px__check_fd(loop, fd);
   if (e == NULL)
     return PX_EBADF;
+  /* POSIX aio_fsync and Windows' FlushFileBuffers need a handle open for
+   * writing; Linux's fsync does not.  One answer everywhere: refused. */
+  if (kind == PX__OP_FSYNC && px__os_writable(fd) == 0)
+    return PX_EBADF;
   px__fill(op, kind, fd, cb, data);
   op->buf = arg;
   op->len = 0;

@@ -449,3 +449,237 @@ void writev_accepts_1024_iovecs(void **state) {
   assert_int_equal(remove(path), 0);
   finish(loop);
 }
+
+/* ---- More file cases: appends, vectors, cancellation, many in flight. -- */
+
+void file_append_write_at_cur_leaves_the_position_at_the_end(void **state) {
+  px_loop *loop = new_loop();
+  char path[512], buf[16];
+  px_fd fd = temp_file(loop, path, sizeof(path)), afd;
+  (void)state;
+  assert_int_equal(sync_write(loop, fd, "0123456789", 10, 0), 10);
+  assert_int_equal(px_file_open(loop, path, PX_O_RDWR | PX_O_APPEND, 0, &afd),
+                   0);
+  assert_int_equal(sync_read(loop, afd, buf, 4, PX_CUR), 4);
+  assert_memory_equal(buf, "0123", 4);
+  /* O_APPEND writes at the end whatever the position, and leaves the
+   * position there: the next read at PX_CUR finds the end of the file. */
+  assert_int_equal(sync_write(loop, afd, "XY", 2, PX_CUR), 2);
+  assert_int_equal(sync_read(loop, afd, buf, sizeof(buf), PX_CUR), 0);
+  assert_int_equal(sync_read(loop, fd, buf, sizeof(buf), 0), 12);
+  assert_memory_equal(buf, "0123456789XY", 12);
+  close_fd(loop, afd);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_readv_and_writev_skip_empty_segments(void **state) {
+  px_loop *loop = new_loop();
+  char path[512], a[3], b[4], all[8];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  px_iov out[4] = {{NULL, 0}, {"abc", 3}, {"", 0}, {"defg", 4}};
+  px_iov in[4] = {{a, 0}, {a, sizeof(a)}, {NULL, 0}, {b, sizeof(b)}};
+  px_op op = {0};
+  rec r = {0};
+  (void)state;
+  assert_int_equal(px_writev(loop, &op, fd, out, 4, 0, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 7);
+  assert_int_equal(sync_read(loop, fd, all, sizeof(all), 0), 7);
+  assert_memory_equal(all, "abcdefg", 7);
+  assert_int_equal(px_readv(loop, &op, fd, in, 4, 0, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 2, 5000);
+  assert_int_equal(r.result, 7);
+  assert_memory_equal(a, "abc", 3);
+  assert_memory_equal(b, "defg", 4);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void file_readv_stops_at_end_of_file(void **state) {
+  px_loop *loop = new_loop();
+  char path[512], a[8], b[8], c[8];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  px_iov in[3] = {{a, sizeof(a)}, {b, sizeof(b)}, {c, sizeof(c)}};
+  px_op op = {0};
+  rec r = {0};
+  (void)state;
+  memset(c, 'z', sizeof(c));
+  assert_int_equal(sync_write(loop, fd, "0123456789", 10, 0), 10);
+  /* The second segment is short; the third gets nothing. */
+  assert_int_equal(px_readv(loop, &op, fd, in, 3, 0, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 10);
+  assert_memory_equal(a, "01234567", 8);
+  assert_memory_equal(b, "89", 2);
+  assert_int_equal(c[0], 'z');
+  /* At the end of the file: 0. */
+  assert_int_equal(px_readv(loop, &op, fd, in, 3, 10, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 2, 5000);
+  assert_int_equal(r.result, 0);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+enum { FILE_OPS = 64, BLOCK = 4096 };
+
+typedef struct fread_op {
+  px_op op;
+  rec r;
+  unsigned char buf[BLOCK];
+} fread_op;
+
+/* A file of FILE_OPS blocks, block i filled with byte i + 1. */
+static px_fd block_file(px_loop *loop, char *path, size_t size) {
+  px_fd fd = temp_file(loop, path, size);
+  unsigned char *data = malloc((size_t)FILE_OPS * BLOCK);
+  assert_non_null(data);
+  for (int i = 0; i < FILE_OPS; i++)
+    memset(data + (size_t)i * BLOCK, i + 1, BLOCK);
+  assert_int_equal(sync_write(loop, fd, data, (size_t)FILE_OPS * BLOCK, 0),
+                   FILE_OPS * BLOCK);
+  free(data);
+  return fd;
+}
+
+static void submit_block_reads(px_loop *loop, px_fd fd, fread_op *ops) {
+  for (int i = 0; i < FILE_OPS; i++)
+    assert_int_equal(px_read(loop, &ops[i].op, fd, ops[i].buf, BLOCK,
+                             (int64_t)i * BLOCK, rec_cb, &ops[i].r),
+                     0);
+}
+
+/* Each read ran once, and either completed whole with its block's bytes
+ * or was cancelled.  Returns how many were cancelled. */
+static int check_block_reads(const fread_op *ops) {
+  int cancelled = 0;
+  for (int i = 0; i < FILE_OPS; i++) {
+    assert_int_equal(ops[i].r.calls, 1);
+    if (ops[i].r.result == PX_ECANCELED) {
+      cancelled++;
+      continue;
+    }
+    assert_int_equal(ops[i].r.result, BLOCK);
+    for (int k = 0; k < BLOCK; k++)
+      if (ops[i].buf[k] != (unsigned char)(i + 1))
+        fail_msg("read %d has the wrong bytes at %d", i, k);
+  }
+  return cancelled;
+}
+
+void file_reads_in_parallel_on_one_handle_each_complete_once(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = block_file(loop, path, sizeof(path));
+  fread_op *ops = calloc(FILE_OPS, sizeof(*ops));
+  (void)state;
+  assert_non_null(ops);
+  submit_block_reads(loop, fd, ops);
+  RUN_UNTIL(loop, g_seq == 1 + FILE_OPS, 10000);
+  settle(loop);
+  assert_int_equal(check_block_reads(ops), 0);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  free(ops);
+  finish(loop);
+}
+
+void close_of_file_with_reads_in_flight_completes_each_first(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = block_file(loop, path, sizeof(path));
+  fread_op *ops = calloc(FILE_OPS, sizeof(*ops));
+  px_op cop = {0};
+  rec cr = {0};
+  (void)state;
+  assert_non_null(ops);
+  submit_block_reads(loop, fd, ops);
+  assert_int_equal(px_close(loop, &cop, fd, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, cr.calls == 1, 10000);
+  settle(loop);
+  assert_int_equal(cr.result, 0);
+  check_block_reads(ops);
+  for (int i = 0; i < FILE_OPS; i++)
+    assert_true(ops[i].r.order < cr.order);
+  assert_int_equal(remove(path), 0);
+  free(ops);
+  finish(loop);
+}
+
+void cancel_of_file_reads_completes_each_exactly_once(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = block_file(loop, path, sizeof(path));
+  fread_op *ops = calloc(FILE_OPS, sizeof(*ops));
+  px_op cops[FILE_OPS];
+  rec crs[FILE_OPS];
+  (void)state;
+  assert_non_null(ops);
+  memset(cops, 0, sizeof(cops));
+  memset(crs, 0, sizeof(crs));
+  submit_block_reads(loop, fd, ops);
+  for (int i = 0; i < FILE_OPS; i++)
+    assert_int_equal(px_cancel(loop, &cops[i], &ops[i].op, rec_cb, &crs[i]), 0);
+  RUN_UNTIL(loop, g_seq == 1 + 2 * FILE_OPS, 10000);
+  settle(loop);
+  check_block_reads(ops);
+  for (int i = 0; i < FILE_OPS; i++) {
+    assert_int_equal(crs[i].calls, 1);
+    /* A read that came back cancelled was reached by its cancel. */
+    if (ops[i].r.result == PX_ECANCELED)
+      assert_int_equal(crs[i].result, 0);
+    else
+      assert_true(crs[i].result == 0 || crs[i].result == PX_EALREADY ||
+                  crs[i].result == PX_ENOENT);
+  }
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  free(ops);
+  finish(loop);
+}
+
+void loop_free_with_file_reads_in_flight_completes_each_once(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = block_file(loop, path, sizeof(path));
+  fread_op *ops = calloc(FILE_OPS, sizeof(*ops));
+  (void)state;
+  assert_non_null(ops);
+  submit_block_reads(loop, fd, ops);
+  assert_int_equal(px_loop_free(loop), 0);
+  check_block_reads(ops);
+  close_fd(NULL, fd);
+  assert_int_equal(remove(path), 0);
+  free(ops);
+}
+
+void recv_on_a_regular_file_fails_with_enotsock(void **state) {
+  px_loop *loop = new_loop();
+  char path[512], buf[8];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  (void)state;
+  assert_int_equal(sync_recv(loop, fd, buf, sizeof(buf)), PX_ENOTSOCK);
+  assert_int_equal(sync_send(loop, fd, "x", 1), PX_ENOTSOCK);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+void fsync_of_a_read_only_handle_is_refused_with_ebadf(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = temp_file(loop, path, sizeof(path)), ro;
+  px_op op = {0};
+  (void)state;
+  assert_int_equal(px_file_open(loop, path, PX_O_RDONLY, 0, &ro), 0);
+  assert_int_equal(px_fsync(loop, &op, ro, 0, rec_cb, NULL), PX_EBADF);
+  assert_int_equal(px_fsync(loop, &op, ro, PX_FSYNC_DATA, rec_cb, NULL),
+                   PX_EBADF);
+  close_fd(loop, ro);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
