@@ -285,7 +285,9 @@ PX_API int px_shutdown_write(px_fd fd);
 /* ---- Allocation. ------------------------------------------------------ */
 
 /* Replace the allocator px uses (only at setup, never on the submit or
- * completion path in steady state).  Call before creating any loop. */
+ * completion path in steady state).  Call before creating any loop.  The
+ * functions must be thread-safe: loops on different threads allocate, and
+ * the posix_aio backend frees a small object on a libc thread. */
 typedef void *(*px_malloc_fn)(size_t size);
 typedef void *(*px_realloc_fn)(void *ptr, size_t size);
 typedef void (*px_free_fn)(void *ptr);

@@ -17,8 +17,13 @@
  * - A notification can run after the loop is freed (aio_error reports the
  *   result before libc gets to the notification).  So it touches only a
  *   small channel, not the loop: one reference per request in flight plus
- *   one for the loop, the last one closes the fd and frees it.  Each
- *   request is notified exactly once, also when it is cancelled.
+ *   one for the loop, the last one closes the fd and frees it (through
+ *   px's allocator, on libc's thread: a replaced allocator must be
+ *   thread-safe, as it already must be for loops on several threads).
+ *   libc notifies each request once, also when it is cancelled — unless it
+ *   cannot create the notification thread, and then says nothing.  So the
+ *   loop does not rely on the wakeup alone: while requests are in flight
+ *   it checks them at every poll and waits at most 100 ms at a time.
  * - glibc runs the requests on one descriptor one after the other, on one
  *   worker thread.  For parallel requests on one file the backend dup()s
  *   the descriptor ("lanes", up to 32 per file, made when a request finds
@@ -35,12 +40,15 @@
  * - aiocbs are large (160+ bytes), so they live in a slab made at the
  *   first file op, not in px_op.  An op that finds the slab full waits in
  *   a FIFO for a free aiocb; so does one that libc refuses with EAGAIN
- *   while others are in flight.
- * - fsync is aio_fsync(O_SYNC or O_DSYNC).  Like px_fsync on every backend,
- *   it covers the writes completed before it was submitted, not ones still
- *   in flight.
+ *   while others are in flight, also between two segments of a vector.
+ * - fsync is aio_fsync(O_SYNC or O_DSYNC) on any handle (libc answers
+ *   EINVAL for a socket or pipe, as fsync(2) does).  Like px_fsync on
+ *   every backend, it covers the writes completed before it was
+ *   submitted, not ones still in flight.
  * - Cancellation is aio_cancel: a request libc has not started completes
- *   with PX_ECANCELED; one it runs finishes with its own result.
+ *   with PX_ECANCELED; one it runs finishes with its own result.  So a
+ *   deadline of 0 on a file read usually times out here, where io_uring,
+ *   which tries a page-cache read at once, usually succeeds.
  */
 #include <aio.h>
 #include <errno.h>
@@ -126,7 +134,7 @@ static int px__aio_make(px__pa *pa) {
   if (a != NULL && c != NULL && a->slots && a->free_ && a->busy)
     r = px__pa_wake_fd(&c->r, &c->w);
   if (r == 0) {
-    r = px__poller_want(pa->poller, c->r, PX__IN);
+    r = px__poller_watch_in(pa->poller, c->r);
     if (r < 0) {
       close(c->r);
       if (c->w != c->r)
@@ -167,6 +175,10 @@ void px__aio_free(px__pa *pa) {
 
 int px__aio_notify_fd(const px__pa *pa) {
   return pa->aio != NULL ? pa->aio->chan->r : -1;
+}
+
+uint32_t px__aio_busy(const px__pa *pa) {
+  return pa->aio != NULL ? pa->aio->nbusy : 0;
 }
 
 /* ---- Lanes: descriptors of one file that libc runs in parallel. -------- */
@@ -262,8 +274,12 @@ static int px__aio_call(px_op *op, struct aiocb *cb) {
     case PX__OP_WRITE:
     case PX__OP_WRITEV:
       return aio_write(cb);
-    default: /* PX__OP_FSYNC */
+    default:   /* PX__OP_FSYNC */
+#ifdef O_DSYNC /* POSIX's optional synchronized I/O */
       return aio_fsync((op->flags & PX__F_DATASYNC) ? O_DSYNC : O_SYNC, cb);
+#else
+      return aio_fsync(O_SYNC, cb);
+#endif
   }
 }
 
@@ -390,6 +406,10 @@ static void px__aio_finish(px_loop *loop, px__pa *pa, px_op *op, int err,
       if (r == 0)
         return;
       a->free_[a->nfree++] = i;
+      if (r == PX_EAGAIN && a->nbusy > 0) {
+        px__aio_wait(a, op); /* libc is short of resources for a moment */
+        return;
+      }
       if (r < 0 && po->done == 0) {
         px__complete(loop, op, r);
         return;
@@ -422,10 +442,11 @@ static void px__aio_start_waiting(px_loop *loop, px__pa *pa) {
   }
 }
 
-void px__aio_reap(px_loop *loop, px__pa *pa) {
+void px__aio_reap(px_loop *loop, px__pa *pa, bool drain) {
   px__aio *a = pa->aio;
   /* Drain first: a request finishing after the scan below writes again. */
-  px__pa_wake_drain(a->chan->r);
+  if (drain)
+    px__pa_wake_drain(a->chan->r);
   for (uint32_t k = 0; k < a->nbusy;) {
     px__aslot *s = &a->slots[a->busy[k]];
     int err = aio_error(&s->cb);
@@ -448,12 +469,20 @@ int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op) {
   if (po->where == PX__W_SLOT) {
     px__fifo_remove(&a->waiting, op);
     po->where = PX__W_NONE;
-    px__complete(loop, op, PX_ECANCELED);
+    /* A vector op between segments keeps what it moved. */
+    px__complete(loop, op, po->done > 0 ? (int32_t)po->done : PX_ECANCELED);
     return 0;
   }
   po->stop = 1; /* a vector op ends after its current segment */
   struct aiocb *cb = &a->slots[po->slot].cb;
-  return aio_cancel(cb->aio_fildes, cb) == AIO_CANCELED ? 0 : PX_EALREADY;
+  switch (aio_cancel(cb->aio_fildes, cb)) {
+    case AIO_CANCELED:
+      return 0;
+    case AIO_ALLDONE: /* reaped at the next poll: as good as queued */
+      return PX_ENOENT;
+    default: /* running: a vector op still stops after this segment */
+      return px__is_vec(op) ? 0 : PX_EALREADY;
+  }
 }
 
 static void px__aio_cancel_where(px_loop *loop, px__pa *pa, bool all, int fd) {

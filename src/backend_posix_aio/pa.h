@@ -28,9 +28,8 @@ typedef struct PX__MAY_ALIAS px__paop {
   uint32_t slot; /* PX__W_AIO: index in the aiocb slab */
   uint32_t seg;  /* vector file ops: the segment in flight */
   uint8_t where;
-  uint8_t connecting; /* connect: in progress, wait for writability */
-  uint8_t lane;       /* PX__W_AIO: which descriptor of the file */
-  uint8_t stop;       /* cancelled: a vector op ends after this segment */
+  uint8_t lane; /* PX__W_AIO: which descriptor of the file */
+  uint8_t stop; /* cancelled: a vector op ends after this segment */
 } px__paop;
 
 _Static_assert(sizeof(px__paop) <= sizeof(((px_op *)0)->backend),
@@ -54,6 +53,7 @@ typedef struct px__pfd {
   uint8_t used;       /* initialised since the fd became known */
   uint8_t unpollable; /* the poller refused it: always ready */
   uint8_t hup;        /* the poller saw a hang-up: reads end at once */
+  uint8_t bytes;      /* a byte stream (0: not asked yet, 1: yes, 2: no) */
 } px__pfd;
 
 typedef struct px__aio px__aio;
@@ -68,6 +68,7 @@ typedef struct px__pa {
   px__fifo done;   /* ops whose result is known */
   px__aio *aio;    /* file I/O, made at the first file op */
   bool guard_held; /* the SIGPIPE guard, for writes to pipes */
+  bool aio_fired;  /* the AIO notification fd fired in this poll */
 } px__pa;
 
 static inline px__pa *px__pa_of(px_loop *loop) {
@@ -88,10 +89,11 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op);
 int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op);
 void px__aio_cancel_fd(px_loop *loop, px__pa *pa, int fd);
 void px__aio_cancel_all(px_loop *loop, px__pa *pa);
-/* The notification fd to poll (-1 before the first file op), and its
- * handler: reaps finished requests. */
+/* The notification fd to poll (-1 before the first file op); requests in
+ * flight; reaping the finished ones (after draining the fd). */
 int px__aio_notify_fd(const px__pa *pa);
-void px__aio_reap(px_loop *loop, px__pa *pa);
+uint32_t px__aio_busy(const px__pa *pa);
+void px__aio_reap(px_loop *loop, px__pa *pa, bool drain);
 void px__aio_release_fd(px__pa *pa, px__pfd *f); /* closes the lanes */
 void px__aio_free(px__pa *pa);
 

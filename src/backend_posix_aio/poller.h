@@ -8,7 +8,9 @@
  * for (px__poller_want) whenever that changes.  An edge-triggered poller
  * (epoll) may keep an fd registered for both directions from its first use
  * to its px__poller_forget; the backend keeps "ready" bits of its own and
- * clears them only when a call says EAGAIN, so either kind is correct.
+ * clears them only when a call says EAGAIN (or a read comes back short on
+ * a byte stream, which a later arrival raises a new event for), so either
+ * kind is correct.
  */
 #ifndef PX_POSIX_AIO_POLLER_H
 #define PX_POSIX_AIO_POLLER_H
@@ -33,6 +35,9 @@ void px__poller_free(px__poller *p);
 /* Sets the directions fd waits for (0: none).  0 or a PX_E* code;
  * PX_EPERM means the fd cannot be polled (a regular file, /dev/null). */
 int px__poller_want(px__poller *p, int fd, unsigned want);
+/* Watches one of px's own descriptors (an eventfd or pipe it drains
+ * completely on each event) for input only, for good. */
+int px__poller_watch_in(px__poller *p, int fd);
 /* fd is about to be closed: drop it. */
 void px__poller_forget(px__poller *p, int fd);
 /* Waits up to timeout_ms (-1: no limit) and points *out at the fired

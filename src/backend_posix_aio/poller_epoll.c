@@ -75,6 +75,21 @@ int px__poller_want(px__poller *p, int fd, unsigned want) {
   return 0;
 }
 
+int px__poller_watch_in(px__poller *p, int fd) {
+  /* Input only: an eventfd is always writable, and an EPOLLOUT edge after
+   * each drain would end every wait at once. */
+  if ((size_t)fd >= p->nadded) {
+    int r = px__grow(p, (size_t)fd);
+    if (r < 0)
+      return r;
+  }
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = fd};
+  if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    return px__errno(errno);
+  p->added[fd] = 1;
+  return 0;
+}
+
 void px__poller_forget(px__poller *p, int fd) {
   if (fd < 0 || (size_t)fd >= p->nadded || !p->added[fd])
     return;

@@ -1,10 +1,11 @@
 /*
- * poll(), level-triggered, POSIX only.  The pollfd array holds exactly the
- * fds that have an op waiting, with the directions they wait for: an fd
- * nobody waits on must not be in it, or poll() would report it ready over
- * and over.  pos[fd] is its index + 1, so adding, changing and removing an
- * entry are O(1) (removal moves the last entry into the hole).  Each wait
- * costs O(watched fds) in the kernel: the price of portability.
+ * poll(), level-triggered, POSIX only.  The pollfd array holds px's own
+ * wake descriptors and exactly the fds that have an op waiting, with the
+ * directions they wait for: an fd nobody waits on must not be in it, or poll()
+ * would report it ready over and over.  pos[fd] is its index + 1, so adding,
+ * changing and removing an entry are O(1) (removal moves the last entry into
+ * the hole).  Each wait costs O(watched fds) in the kernel: the price of
+ * portability.
  */
 #include <errno.h>
 #include <poll.h>
@@ -102,6 +103,10 @@ int px__poller_want(px__poller *p, int fd, unsigned want) {
   p->pfds[p->n] = (struct pollfd){.fd = fd, .events = events};
   p->pos[fd] = (uint32_t)++p->n;
   return 0;
+}
+
+int px__poller_watch_in(px__poller *p, int fd) {
+  return px__poller_want(p, fd, PX__IN);
 }
 
 void px__poller_forget(px__poller *p, int fd) {

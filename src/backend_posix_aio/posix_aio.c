@@ -16,13 +16,17 @@
  *   fd is ready, then the non-blocking call runs on the loop thread and the
  *   op completes with its result.  Handles are O_NONBLOCK (adopt sets it).
  * - Ready bits.  Each fd keeps "readable" and "writable" bits, set by the
- *   poller and cleared only when a call answers EAGAIN (or a recv/read
- *   comes back short: the socket was drained, and any byte arriving later
- *   raises a new event; not after a hang-up, which raises no second one).  A
- * new fd starts writable and not readable, so the first send is tried at once
- * and the first recv waits for data.  An op whose direction is ready runs at
- * the next poll without asking the poller: no epoll_ctl and no extra wait per
- * op in steady state.
+ *   poller and cleared only when a call answers EAGAIN, or when a recv or
+ *   read on a byte stream (a SOCK_STREAM socket, a pipe or FIFO) comes
+ *   back short: the stream was drained, and any byte arriving later raises
+ *   a new event.  Not after a hang-up, which raises no second event, and
+ *   not on a datagram socket or a tty, which hand out one record per call
+ *   and keep the rest without a new event.  A new fd starts ready both
+ *   ways: the first call of each direction is tried at once, and answers
+ *   EAGAIN or its error (a recv on a listener, a read on a pipe's write
+ *   end) as the kernel would.  An op whose direction is ready runs at the
+ *   next poll without asking the poller: no epoll_ctl and no extra wait
+ *   per op in steady state.
  * - Ops run only inside poll (the run list), never inside a submit call,
  *   except connect(): starting a connection is itself the call, and its
  *   result, if immediate, is reported at the next poll.
@@ -34,8 +38,8 @@
  * - Writes to pipes may raise SIGPIPE (send() has MSG_NOSIGNAL, write()
  *   has nothing).  The core's SIGPIPE guard is held from the first such
  *   write of a poll to the end of that poll.
- * - Fds the poller refuses (a regular file given to recv, /dev/null) are
- *   always ready: the call itself then answers.
+ * - Regular files given to recv or send, and fds the poller refuses
+ *   (/dev/null under epoll), are always ready: the call itself answers.
  * - Deadlines come from the core's timer heap (no PX_CAP_KERNEL_DEADLINE):
  *   it cancels the op, which completes with PX_ETIMEDOUT.  Posts and
  *   wakeups write an eventfd (epoll build) or a pipe (poll build).
@@ -161,7 +165,7 @@ px__pfd *px__pa_fd_make(px_loop *loop, px__pa *pa, int fd) {
     *f = fresh;
     px__fdent *e = px__fd_get(loop, fd);
     f->unpollable = e != NULL && !e->stream;
-    f->ready = f->unpollable ? PX__IN | PX__OUT : PX__OUT;
+    f->ready = PX__IN | PX__OUT;
   }
   return f;
 }
@@ -280,6 +284,22 @@ static int32_t px__accept_call(px_op *op) {
   return 0;
 }
 
+/* Whether fd hands out a byte stream, where a short read means drained. */
+static bool px__byte_stream(int fd, px__pfd *f) {
+  if (f->bytes == 0) {
+    struct stat st;
+    int type = 0;
+    socklen_t len = sizeof(type);
+    bool yes = fstat(fd, &st) == 0 &&
+               (S_ISFIFO(st.st_mode) ||
+                (S_ISSOCK(st.st_mode) &&
+                 getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+                 type == SOCK_STREAM));
+    f->bytes = yes ? 1 : 2;
+  }
+  return f->bytes == 1;
+}
+
 /* A connect in progress is done when the socket reports an error or has a
  * peer; writability alone can be a stale ready bit. */
 static int32_t px__connect_check(px_op *op) {
@@ -332,7 +352,8 @@ static int32_t px__attempt(px__pa *pa, px_op *op, px__pfd *f) {
   if (n >= 0) {
     /* A short read drained the socket: wait for the next event. */
     if (px__side(op) == 0 && n > 0 && op->kind != PX__OP_READV &&
-        (size_t)n < op->len && !f->unpollable && !f->hup)
+        (size_t)n < op->len && !f->unpollable && !f->hup &&
+        px__byte_stream((int)op->fd, f))
       f->ready &= (uint8_t)~PX__IN;
     return (int32_t)n;
   }
@@ -473,8 +494,8 @@ static void px__pa_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
     case PX__W_SLOT:
       res = px__aio_cancel(loop, pa, target);
       break;
-    default: /* its result is known already */
-      res = PX_EALREADY;
+    default: /* its result is known: the callback is as good as queued */
+      res = PX_ENOENT;
       break;
   }
   if (cancel_op != NULL)
@@ -517,8 +538,8 @@ static void px__event(px_loop *loop, px__pa *pa, const px__pev *ev) {
     px__wake_ack(loop);
     return;
   }
-  if (ev->fd == px__aio_notify_fd(pa) && (ev->ev & PX__IN)) {
-    px__aio_reap(loop, pa);
+  if (ev->fd == px__aio_notify_fd(pa)) {
+    pa->aio_fired = true; /* drained and reaped after the wait */
     return;
   }
   px__pfd *f = px__pa_fd(pa, ev->fd);
@@ -536,14 +557,28 @@ static int px__ms(int64_t ns) {
   return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
 }
 
+/* File requests in flight are reaped at every poll, not only when their
+ * notification arrives, and the wait is cut short while there are any: a
+ * notification libc could not deliver (it needs a new thread each time)
+ * then costs a delay, not an op that never completes. */
+#define PX__AIO_RECHECK_NS 100000000
+
 static int px__pa_poll(px_loop *loop, int64_t timeout_ns) {
   px__pa *pa = px__pa_of(loop);
   bool have = pa->done.head != NULL || pa->run_head >= 0;
   px__run_list(loop, pa);
+  if (have)
+    timeout_ns = 0;
+  else if (px__aio_busy(pa) > 0 &&
+           (timeout_ns < 0 || timeout_ns > PX__AIO_RECHECK_NS))
+    timeout_ns = PX__AIO_RECHECK_NS;
   px__pev *evs;
-  int n = px__poller_wait(pa->poller, have ? 0 : px__ms(timeout_ns), &evs);
+  int n = px__poller_wait(pa->poller, px__ms(timeout_ns), &evs);
   for (int i = 0; i < n; i++)
     px__event(loop, pa, &evs[i]);
+  if (px__aio_busy(pa) > 0 || pa->aio_fired)
+    px__aio_reap(loop, pa, pa->aio_fired);
+  pa->aio_fired = false;
   px__run_list(loop, pa);
   px__done_flush(loop, pa);
   if (pa->guard_held) {
@@ -585,7 +620,7 @@ static int px__pa_init(px_loop *loop, const px_loop_opts *opts) {
   }
   r = px__pa_wake_fd(&pa->wake_r, &pa->wake_w);
   if (r == 0) {
-    r = px__poller_want(pa->poller, pa->wake_r, PX__IN);
+    r = px__poller_watch_in(pa->poller, pa->wake_r);
     if (r < 0) {
       close(pa->wake_r);
       if (pa->wake_w != pa->wake_r)

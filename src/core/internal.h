@@ -120,9 +120,10 @@ struct px_loop {
 
   bool stop;
   bool closing;
-  atomic_bool shut; /* closing, as other threads see it (px_post) */
-  int depth;        /* callbacks currently running */
-  uint64_t owner;   /* px__thread_id of the first runner, 0 before */
+  atomic_bool shut;   /* closing, as other threads see it (px_post) */
+  atomic_int posting; /* px_post calls between their check and wakeup */
+  int depth;          /* callbacks currently running */
+  uint64_t owner;     /* px__thread_id of the first runner, 0 before */
 };
 
 #ifdef PX__ONLY_BACKEND
@@ -158,6 +159,9 @@ void px__ready_push(px_loop *loop, px_op *op, int32_t result);
  * and op completed with the error. */
 bool px__start(px_loop *loop, px_op *op, px__fdent *e);
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
+
+/* time_*.c: lets other threads run (a short wait in px_loop_free). */
+void px__os_yield(void);
 
 /* sock_*.c: platform handle operations. */
 int px__os_close(px_fd fd);

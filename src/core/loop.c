@@ -206,8 +206,14 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
     return PX_EBUSY;
   if (op->flags & PX__F_DL_SET)
     return PX_EINVAL; /* deadlines belong to ops on a handle */
-  if (atomic_load_explicit(&loop->shut, memory_order_relaxed))
+  /* Announced before the check: px_loop_free sets shut, then waits until
+   * no post is between its check and its wakeup, so the loop outlives
+   * every post it did not refuse (both sides sequentially consistent). */
+  atomic_fetch_add(&loop->posting, 1);
+  if (atomic_load(&loop->shut)) {
+    atomic_fetch_sub(&loop->posting, 1);
     return PX_ESHUTDOWN;
+  }
   op->cb = cb;
   op->data = data;
   op->kind = PX__OP_POST;
@@ -220,6 +226,7 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
   } while (!atomic_compare_exchange_weak_explicit(
       &loop->post_head, &head, op, memory_order_release, memory_order_relaxed));
   px_loop_wakeup(loop);
+  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
   return 0;
 }
 
@@ -369,6 +376,7 @@ int px_loop_new(px_loop **out, const px_loop_opts *opts) {
   atomic_init(&loop->posted, 0);
   atomic_init(&loop->wake_pending, 0);
   atomic_init(&loop->shut, false);
+  atomic_init(&loop->posting, 0);
   loop->now = px__now_ns();
   int r = PX__BK(loop)->init(loop, opts);
   if (r < 0) {
@@ -419,6 +427,9 @@ int px_loop_free(px_loop *loop) {
   }
   if (PX__BK(loop)->run_end != NULL)
     PX__BK(loop)->run_end(loop);
+  /* A post that passed its check may still be about to wake the loop. */
+  while (atomic_load_explicit(&loop->posting, memory_order_acquire) != 0)
+    px__os_yield();
   PX__BK(loop)->destroy(loop);
   px__heap_free(loop);
   px__fdtab_free(loop);

@@ -211,9 +211,23 @@ int px_addr_peer(px_fd fd, px_addr *addr) {
 
 /* ---- Sockets, pipes, files. -------------------------------------------- */
 
+/* SOCK_CLOEXEC is POSIX.1-2024; without it, FD_CLOEXEC follows at once
+ * (a concurrent exec in another thread could inherit the fd meanwhile). */
+#ifdef SOCK_CLOEXEC
+#define PX__SOCK_CLOEXEC SOCK_CLOEXEC
+#else
+#define PX__SOCK_CLOEXEC 0
+#endif
+
+static int px__cloexec(int fd) {
+  if (!PX__SOCK_CLOEXEC)
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+}
+
 static int px__socket(const px_addr *addr) {
-  int fd = socket(px__family(addr), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  return fd < 0 ? px__errno(errno) : fd;
+  int fd = socket(px__family(addr), SOCK_STREAM | PX__SOCK_CLOEXEC, 0);
+  return fd < 0 ? px__errno(errno) : px__cloexec(fd);
 }
 
 int px_tcp_listen_ex(px_loop *loop, const char *ip, int port, int backlog,
@@ -283,8 +297,10 @@ int px_socketpair(px_loop *loop, px_fd out[2]) {
   if (loop == NULL || out == NULL)
     return PX_EINVAL;
   int fds[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+  if (socketpair(AF_UNIX, SOCK_STREAM | PX__SOCK_CLOEXEC, 0, fds) < 0)
     return px__errno(errno);
+  px__cloexec(fds[0]);
+  px__cloexec(fds[1]);
   return px__own_pair(loop, fds, out);
 }
 

@@ -1,4 +1,5 @@
-/* Monotonic clock on POSIX. */
+/* Monotonic clock and yielding on POSIX. */
+#include <sched.h>
 #include <time.h>
 
 #include "internal.h"
@@ -7,4 +8,8 @@ int64_t px__now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void px__os_yield(void) {
+  sched_yield();
 }

@@ -20,7 +20,9 @@
 
 #include <windows.h>
 #else
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -398,6 +400,64 @@ int pt_raw_socketpair(px_fd out[2]) {
   return 0;
 }
 #endif
+
+/* ---- UDP pairs. -------------------------------------------------------- */
+
+#ifdef _WIN32
+typedef SOCKET pt_sock;
+#define PT_BAD_SOCK INVALID_SOCKET
+#define pt_sock_close closesocket
+#else
+typedef int pt_sock;
+#define PT_BAD_SOCK (-1)
+#define pt_sock_close close
+#endif
+
+static pt_sock udp_bound(struct sockaddr_in *addr) {
+  socklen_t len = sizeof(*addr);
+  pt_sock s = socket(AF_INET, SOCK_DGRAM, 0);
+  if (s == PT_BAD_SOCK)
+    return PT_BAD_SOCK;
+  memset(addr, 0, sizeof(*addr));
+  addr->sin_family = AF_INET;
+  addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(s, (struct sockaddr *)addr, sizeof(*addr)) != 0 ||
+      getsockname(s, (struct sockaddr *)addr, &len) != 0) {
+    pt_sock_close(s);
+    return PT_BAD_SOCK;
+  }
+  return s;
+}
+
+int pt_udp_pair(px_fd out[2]) {
+#ifdef _WIN32
+  WSADATA wsa;
+  if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0)
+    return -1;
+#endif
+  struct sockaddr_in a, b;
+  pt_sock s = udp_bound(&a), t = udp_bound(&b);
+  if (s == PT_BAD_SOCK || t == PT_BAD_SOCK ||
+      connect(s, (struct sockaddr *)&b, sizeof(b)) != 0 ||
+      connect(t, (struct sockaddr *)&a, sizeof(a)) != 0) {
+    if (s != PT_BAD_SOCK)
+      pt_sock_close(s);
+    if (t != PT_BAD_SOCK)
+      pt_sock_close(t);
+    return -1;
+  }
+  out[0] = (px_fd)s;
+  out[1] = (px_fd)t;
+  return 0;
+}
+
+int pt_raw_send(px_fd fd, const void *buf, size_t len) {
+  return (int)send((pt_sock)fd, buf, (int)len, 0);
+}
+
+void pt_raw_close(px_fd fd) {
+  pt_sock_close((pt_sock)fd);
+}
 
 /* ---- Watchdog. ---------------------------------------------------------- */
 

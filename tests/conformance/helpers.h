@@ -69,6 +69,14 @@ void pt_sigusr1_unblock(void);
  */
 int pt_raw_socketpair(px_fd out[2]);
 
+/* Two UDP sockets on 127.0.0.1 connected to each other, known to no loop
+ * (for px_adopt).  Returns 0 or -1. */
+int pt_udp_pair(px_fd out[2]);
+/* A plain blocking send() on a raw socket: bytes sent or -1. */
+int pt_raw_send(px_fd fd, const void *buf, size_t len);
+/* Closes a raw socket no loop knows. */
+void pt_raw_close(px_fd fd);
+
 /*
  * The watchdog thread.  pt_hang_guard(s) ends the process with a message if
  * the current test runs longer than s seconds (0 disarms): a hung test must

@@ -425,3 +425,36 @@ void run_once_returns_after_dispatching_ready_completions(void **state) {
   close_fd(loop, sp[1]);
   finish(loop);
 }
+
+/* A px_run(ONCE) that follows a wakeup, or a finished file read, waits for
+ * the next event: nothing left over from the last one ends it early. */
+void run_once_after_a_wakeup_waits_for_the_timer(void **state) {
+  px_loop *loop = new_loop();
+  px_op t = {0};
+  rec tr = {0};
+  (void)state;
+  px_loop_wakeup(loop);
+  assert_int_equal(px_timeout(loop, &t, 200, rec_cb, &tr), 0);
+  for (int i = 0; i < 3 && tr.calls == 0; i++)
+    assert_true(px_run(loop, PX_RUN_ONCE) >= 0);
+  /* One run for the wakeup, one for the timer: never a third. */
+  assert_int_equal(tr.calls, 1);
+  finish(loop);
+}
+
+void run_once_after_a_file_read_waits_for_the_timer(void **state) {
+  px_loop *loop = new_loop();
+  char path[512], buf[4];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  px_op t = {0};
+  rec tr = {0};
+  (void)state;
+  assert_int_equal(sync_write(loop, fd, "data", 4, 0), 4);
+  assert_int_equal(sync_read(loop, fd, buf, 4, 0), 4);
+  assert_int_equal(px_timeout(loop, &t, 200, rec_cb, &tr), 0);
+  assert_true(px_run(loop, PX_RUN_ONCE) >= 0);
+  assert_int_equal(tr.calls, 1);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}

@@ -1045,3 +1045,53 @@ void many_connections_echo_concurrently(void **state) {
   free(e);
   finish(loop);
 }
+
+/* Each recv on a datagram socket takes one datagram; the rest stays queued
+ * and the next recv must find it without a new readiness event. */
+void recvs_on_a_datagram_socket_each_get_one_datagram(void **state) {
+  px_loop *loop = new_loop();
+  px_fd u[2];
+  char a[16], b[16];
+  px_op op1 = {0}, op2 = {0};
+  rec r1 = {0}, r2 = {0};
+  (void)state;
+  assert_int_equal(pt_udp_pair(u), 0);
+  assert_int_equal(px_adopt(loop, u[0]), 0);
+  assert_int_equal(pt_raw_send(u[1], "one", 3), 3);
+  assert_int_equal(pt_raw_send(u[1], "two!", 4), 4);
+  assert_int_equal(px_recv(loop, &op1, u[0], a, sizeof(a), rec_cb, &r1), 0);
+  assert_int_equal(px_recv(loop, &op2, u[0], b, sizeof(b), rec_cb, &r2), 0);
+  RUN_UNTIL(loop, r1.calls == 1 && r2.calls == 1, 5000);
+  assert_int_equal(r1.result, 3);
+  assert_memory_equal(a, "one", 3);
+  assert_int_equal(r2.result, 4);
+  assert_memory_equal(b, "two!", 4);
+  close_fd(loop, u[0]);
+  pt_raw_close(u[1]);
+  finish(loop);
+}
+
+/* Calls the kernel refuses at once fail at once, with the kernel's code,
+ * instead of waiting for readiness that never comes. */
+void recv_on_a_listener_fails_at_once_with_enotconn(void **state) {
+  px_loop *loop = new_loop();
+  int port;
+  px_fd l = tcp_listener(loop, &port);
+  char buf[8];
+  (void)state;
+  assert_int_equal(sync_recv(loop, l, buf, sizeof(buf)), PX_ENOTCONN);
+  close_fd(loop, l);
+  finish(loop);
+}
+
+void read_on_a_pipe_write_end_fails_at_once_with_ebadf(void **state) {
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  char buf[8];
+  (void)state;
+  assert_int_equal(px_pipe(loop, p), 0);
+  assert_int_equal(sync_read(loop, p[1], buf, sizeof(buf), PX_CUR), PX_EBADF);
+  close_fd(loop, p[0]);
+  close_fd(loop, p[1]);
+  finish(loop);
+}
