@@ -1,35 +1,35 @@
 /*
  * File I/O of the posix_aio backend: aio_read, aio_write, aio_fsync,
- * aio_error, aio_return, aio_cancel.
+ * aio_suspend, aio_error, aio_return, aio_cancel.
  *
  * Notes on POSIX AIO, and on glibc's in particular:
  *
- * - Completion wakeups use SIGEV_THREAD: libc runs px__aio_notify on a
- *   thread of its own, which writes the loop's notification fd; the loop
- *   then reaps every finished aiocb with aio_error.  The alternatives both
- *   send a signal to the process — SIGEV_SIGNAL to a signalfd needs that
- *   signal blocked in every thread of the program, and a handler plus a
- *   self-pipe makes calls in the program's own threads fail with EINTR —
- *   which a library must not impose.  Measured here (4 KiB reads from the
- *   page cache, one at a time, 20,000 each): SIGEV_THREAD 82-129 us per
- *   read, SIGEV_SIGNAL + signalfd 93-152 us, SIGEV_NONE + aio_suspend
- *   120-124 us; glibc's hand-off to its worker thread dominates all three.
- * - A notification can run after the loop is freed (aio_error reports the
- *   result before libc gets to the notification).  So it touches only a
- *   small channel, not the loop: one reference per request in flight plus
- *   one for the loop, the last one closes the fd and frees it (through
- *   px's allocator, on libc's thread: a replaced allocator must be
- *   thread-safe, as it already must be for loops on several threads).
- *   libc notifies each request once, also when it is cancelled — unless it
- *   cannot create the notification thread, and then says nothing.  So the
- *   loop does not rely on the wakeup alone: while requests are in flight
- *   it checks them at every poll and waits at most 100 ms at a time.
+ * - Completions.  Each loop that does file I/O has one completion thread.
+ *   The loop hands it ops through a queue; the thread owns the aiocbs,
+ *   starts the requests, sleeps in aio_suspend until one finishes, and
+ *   hands finished ops back through a second queue, writing the loop's
+ *   notification fd once per batch.  Requests carry no notification of
+ *   their own (SIGEV_NONE).  The other ways to be told cost more or intrude:
+ *   SIGEV_THREAD makes libc create a thread for every completion (measured
+ *   here: about 85 us of CPU per 4 KiB read, two thirds of it creating and
+ *   freeing that thread; 13,000 reads/s at queue depth 32 on two cores),
+ *   and SIGEV_SIGNAL sends a signal to the process, which needs a handler
+ *   or a signal blocked in every thread of the program.
+ * - aio_suspend waits only for the requests it is given.  To start a new
+ *   request while the thread sleeps, the loop writes one byte to a pipe on
+ *   which the thread keeps an aio_read outstanding (the "sentinel"): that
+ *   request finishing ends the aio_suspend.  The sentinel occupies one of
+ *   libc's AIO worker threads per loop for as long as the loop does file
+ *   I/O.  Only the completion thread touches aiocbs, so a slot is never
+ *   reused while aio_suspend may still look at it.
  * - glibc runs the requests on one descriptor one after the other, on one
  *   worker thread.  For parallel requests on one file the backend dup()s
  *   the descriptor ("lanes", up to 32 per file, made when a request finds
- *   every lane busy and closed with the handle) and raises glibc's thread
- *   limit with aio_init (a GNU extension; it only counts before the
- *   process's first AIO request).
+ *   every lane busy and closed with the handle) and, on glibc, raises the
+ *   worker-thread limit with aio_init (a GNU extension, so not in the
+ *   plain-POSIX poll build; it only counts before the process's first AIO
+ *   request).  On page-cache reads parallel requests cost more in thread
+ *   hand-offs than they gain; on a device they are what gives the depth.
  * - POSIX AIO has no vectored request: readv/writev run their segments
  *   one after the other, and a short segment ends the op (a short read or
  *   write, as preadv would report it).
@@ -37,25 +37,26 @@
  *   the handle's position with lseek when it starts and moves it when it
  *   completes (to the end of the file after an O_APPEND write).  The core
  *   runs one such op per direction at a time.
- * - aiocbs are large (160+ bytes), so they live in a slab made at the
- *   first file op, not in px_op.  An op that finds the slab full waits in
- *   a FIFO for a free aiocb; so does one that libc refuses with EAGAIN
- *   while others are in flight, also between two segments of a vector.
+ * - aiocbs are large (160+ bytes), so they live in a slab made with the
+ *   thread, not in px_op.  Ops beyond the slab wait in the queue; a request
+ *   libc refuses with EAGAIN waits for the next completion (also between
+ *   two segments of a vector) and fails only when nothing is in flight.
  * - fsync is aio_fsync(O_SYNC or O_DSYNC) on any handle (libc answers
  *   EINVAL for a socket or pipe, as fsync(2) does).  Like px_fsync on
  *   every backend, it covers the writes completed before it was
  *   submitted, not ones still in flight.
- * - Cancellation is aio_cancel: a request libc has not started completes
- *   with PX_ECANCELED; one it runs finishes with its own result.  So a
- *   deadline of 0 on a file read usually times out here, where io_uring,
- *   which tries a page-cache read at once, usually succeeds.
+ * - Cancellation: an op still in the queue completes with PX_ECANCELED at
+ *   once; for a started one the thread calls aio_cancel, and a request libc
+ *   has not begun completes with PX_ECANCELED while a running one finishes
+ *   with its own result.  So a deadline of 0 on a file read usually times
+ *   out here, where io_uring, which tries a page-cache read at once,
+ *   usually succeeds.
  */
 #include <aio.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -71,91 +72,392 @@ struct px__lanes {
   uint8_t n;
 };
 
-/* What a libc notification thread may touch. */
-typedef struct px__chan {
-  atomic_uint refs;
-  int r, w;
-} px__chan;
+/* Where an op handed to the thread is (px__paop.phase, under mu). */
+enum { PX__PH_TODO = 1, PX__PH_SLOT, PX__PH_RETRY, PX__PH_DONE };
 
 typedef struct px__aslot {
   struct aiocb cb;
   px_op *op;
-  uint32_t at; /* index in busy */
 } px__aslot;
 
 struct px__aio {
-  px__chan *chan;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  /* Under mu. */
+  px__fifo todo;  /* handed over, not started */
+  px__fifo retry; /* refused by libc for now (EAGAIN) */
+  px__fifo done;  /* finished, for the loop */
+  uint32_t *busy; /* slots in flight */
+  uint32_t nbusy;
+  bool idle;      /* the thread waits on cv */
+  bool suspended; /* the thread is in aio_suspend */
+  bool kicked;    /* a byte is on its way to the sentinel */
+  bool notified;  /* the loop has been told about done */
+  bool cancels;   /* an op in a slot waits for its aio_cancel */
+  bool stop;
+  /* The thread's own. */
   px__aslot *slots;
-  uint32_t *free_; /* stack of free slot indices */
-  uint32_t *busy;  /* slots in flight */
-  uint32_t nfree, nbusy;
-  px__fifo waiting; /* ops waiting for an aiocb */
+  uint32_t *free_;
+  uint32_t nfree;
+  const struct aiocb **list;
+  struct aiocb sentinel;
+  bool armed;
+  char sentinel_byte;
+  /* Descriptors: kick_r is blocking (libc's worker waits in read()). */
+  int kick_r, kick_w; /* loop -> thread */
+  int note_r, note_w; /* thread -> loop, watched by the poller */
 };
 
-/* ---- The notification channel. ----------------------------------------- */
+/* ---- The completion thread. -------------------------------------------- */
 
-static void px__chan_unref(px__chan *c) {
-  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+static bool px__is_vec(const px_op *op) {
+  return op->kind == PX__OP_READV || op->kind == PX__OP_WRITEV;
+}
+
+/* The next segment of op to transfer; false when none is left. */
+static bool px__segment(px_op *op, void **buf, size_t *len) {
+  px__paop *po = px__pa_op(op);
+  if (!px__is_vec(op)) {
+    *buf = op->buf;
+    *len = op->len;
+    return true;
+  }
+  const px_iov *iov = op->buf;
+  while (po->seg < op->len && iov[po->seg].len == 0)
+    po->seg++;
+  if (po->seg >= op->len || po->done >= PX__MAX_IO)
+    return false;
+  *buf = iov[po->seg].base;
+  *len = iov[po->seg].len;
+  if (*len > PX__MAX_IO - po->done)
+    *len = PX__MAX_IO - po->done;
+  return true;
+}
+
+static int px__aio_call(px_op *op, struct aiocb *cb) {
+  switch (op->kind) {
+    case PX__OP_READ:
+    case PX__OP_READV:
+      return aio_read(cb);
+    case PX__OP_WRITE:
+    case PX__OP_WRITEV:
+      return aio_write(cb);
+    default:   /* PX__OP_FSYNC */
+#ifdef O_DSYNC /* POSIX's optional synchronized I/O */
+      return aio_fsync((op->flags & PX__F_DATASYNC) ? O_DSYNC : O_SYNC, cb);
+#else
+      return aio_fsync(O_SYNC, cb);
+#endif
+  }
+}
+
+/* Starts op's next request in slot i: 0, 1 when op has nothing left to
+ * transfer, or a PX_E* code. */
+static int px__request(px__aio *a, px_op *op, uint32_t i) {
+  px__paop *po = px__pa_op(op);
+  void *buf = NULL;
+  size_t len = 0;
+  if (op->kind != PX__OP_FSYNC && !px__segment(op, &buf, &len))
+    return 1;
+  px__aslot *s = &a->slots[i];
+  memset(&s->cb, 0, sizeof(s->cb));
+  s->cb.aio_fildes = po->lane_fd;
+  s->cb.aio_buf = buf;
+  s->cb.aio_nbytes = len;
+  s->cb.aio_offset =
+      (off_t)((op->off == PX_CUR ? po->pos : op->off) + (int64_t)po->done);
+  s->cb.aio_sigevent.sigev_notify = SIGEV_NONE;
+  if (px__aio_call(op, &s->cb) < 0)
+    return px__errno(errno);
+  s->op = op;
+  po->slot = i;
+  po->phase = PX__PH_SLOT;
+  a->busy[a->nbusy++] = i;
+  return 0;
+}
+
+static void px__finish(px__aio *a, px_op *op, int32_t res, bool *note) {
+  px__paop *po = px__pa_op(op);
+  po->res = po->done > 0 && res < 0 ? (int32_t)po->done : res;
+  po->phase = PX__PH_DONE;
+  px__fifo_push(&a->done, op);
+  *note = true;
+}
+
+/* Starts op in a free slot, or parks it when libc is short of resources
+ * while other requests can free them. */
+static void px__start_one(px__aio *a, px_op *op, bool *note) {
+  if (px__pa_op(op)->stop) {
+    px__finish(a, op, PX_ECANCELED, note);
     return;
-  close(c->r);
-  if (c->w != c->r)
-    close(c->w);
-  px__free(c);
+  }
+  uint32_t i = a->free_[--a->nfree];
+  int r = px__request(a, op, i);
+  if (r == 0)
+    return;
+  a->free_[a->nfree++] = i;
+  if (r == PX_EAGAIN && a->nbusy > 0) {
+    px__pa_op(op)->phase = PX__PH_RETRY;
+    px__fifo_push(&a->retry, op);
+    return;
+  }
+  px__finish(a, op, r == 1 ? (int32_t)px__pa_op(op)->done : r, note);
 }
 
-static void px__aio_notify(union sigval v) {
-  px__chan *c = v.sival_ptr;
-  px__pa_wake_post(c->w);
-  px__chan_unref(c);
+static void px__start_all(px__aio *a, bool *note) {
+  /* Refused requests go first, once something finished to make room. */
+  px__fifo again = a->retry;
+  a->retry = (px__fifo){0};
+  px_op *op;
+  while (a->nfree > 0 && (op = px__fifo_pop(&again)) != NULL)
+    px__start_one(a, op, note);
+  while ((op = px__fifo_pop(&again)) != NULL)
+    px__fifo_push(&a->retry, op);
+  while (a->nfree > 0 && (op = px__fifo_pop(&a->todo)) != NULL)
+    px__start_one(a, op, note);
 }
 
-/* ---- Setup. ------------------------------------------------------------ */
+static void px__cancel_marked(px__aio *a) {
+  if (!a->cancels)
+    return;
+  a->cancels = false;
+  for (uint32_t k = 0; k < a->nbusy; k++) {
+    px__aslot *s = &a->slots[a->busy[k]];
+    px__paop *po = px__pa_op(s->op);
+    if (po->stop && !po->cancel_sent) {
+      po->cancel_sent = 1;
+      aio_cancel(s->cb.aio_fildes, &s->cb);
+    }
+  }
+}
+
+/* A request of slot k finished: the op's next segment, or the op done. */
+static void px__reaped(px__aio *a, uint32_t k, int err, ssize_t n, bool *note) {
+  uint32_t i = a->busy[k];
+  px_op *op = a->slots[i].op;
+  px__paop *po = px__pa_op(op);
+  a->busy[k] = a->busy[--a->nbusy];
+  a->slots[i].op = NULL;
+  a->free_[a->nfree++] = i;
+  if (err != 0) {
+    px__finish(a, op, px__errno(err), note);
+    return;
+  }
+  if (!px__is_vec(op)) {
+    px__finish(a, op, (int32_t)n, note);
+    return;
+  }
+  const px_iov *iov = op->buf;
+  bool whole = (size_t)n == iov[po->seg].len;
+  po->done += (uint64_t)n;
+  po->seg++;
+  po->cancel_sent = 0;
+  if (whole && n > 0)
+    px__start_one(a, op, note); /* the next segment, or done */
+  else
+    px__finish(a, op, (int32_t)po->done, note);
+}
+
+static void px__reap_all(px__aio *a, bool *note) {
+  for (uint32_t k = 0; k < a->nbusy;) {
+    struct aiocb *cb = &a->slots[a->busy[k]].cb;
+    int err = aio_error(cb);
+    if (err == EINPROGRESS) {
+      k++;
+      continue;
+    }
+    px__reaped(a, k, err, aio_return(cb), note); /* moves the last to k */
+  }
+}
+
+/* Keeps an aio_read outstanding on the kick pipe. */
+static void px__arm(px__aio *a) {
+  if (a->armed)
+    return;
+  memset(&a->sentinel, 0, sizeof(a->sentinel));
+  a->sentinel.aio_fildes = a->kick_r;
+  a->sentinel.aio_buf = &a->sentinel_byte;
+  a->sentinel.aio_nbytes = 1;
+  a->sentinel.aio_sigevent.sigev_notify = SIGEV_NONE;
+  a->armed = aio_read(&a->sentinel) == 0;
+}
+
+static void px__disarm_if_done(px__aio *a) {
+  if (a->armed && aio_error(&a->sentinel) != EINPROGRESS) {
+    aio_return(&a->sentinel);
+    a->armed = false;
+    a->kicked = false;
+  }
+}
+
+/* Sleeps in aio_suspend on the requests in flight and the sentinel (or on
+ * cv when there is nothing to wait for).  Called and returns with mu. */
+static void px__sleep(px__aio *a) {
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < a->nbusy; k++)
+    a->list[n++] = &a->slots[a->busy[k]].cb;
+  if (n == 0 && (a->todo.head == NULL || a->nfree == 0)) {
+    a->idle = true;
+    pthread_cond_wait(&a->cv, &a->mu);
+    a->idle = false;
+    return;
+  }
+  px__arm(a);
+  if (a->armed)
+    a->list[n++] = &a->sentinel;
+  a->suspended = true;
+  pthread_mutex_unlock(&a->mu);
+  /* Without the sentinel (libc refused it) new work waits at most 1 ms. */
+  struct timespec ms = {0, 1000000};
+  aio_suspend(a->list, (int)n, a->armed ? NULL : &ms);
+  pthread_mutex_lock(&a->mu);
+  a->suspended = false;
+  px__disarm_if_done(a);
+}
+
+static void *px__aio_main(void *arg) {
+  px__aio *a = arg;
+  pthread_mutex_lock(&a->mu);
+  while (!a->stop) {
+    bool note = false;
+    px__start_all(a, &note);
+    px__cancel_marked(a);
+    px__reap_all(a, &note);
+    if (note && !a->notified) {
+      a->notified = true;
+      px__pa_wake_post(a->note_w);
+    }
+    if (!note)
+      px__sleep(a);
+  }
+  /* The loop stops the thread with nothing in flight: only the sentinel
+   * may be left, and its byte is on the way (px__aio_free wrote it). */
+  while (a->armed) {
+    const struct aiocb *s = &a->sentinel;
+    pthread_mutex_unlock(&a->mu);
+    aio_suspend(&s, 1, NULL);
+    pthread_mutex_lock(&a->mu);
+    px__disarm_if_done(a);
+  }
+  pthread_mutex_unlock(&a->mu);
+  return NULL;
+}
+
+/* ---- The loop's side. -------------------------------------------------- */
+
+/* Gets the thread going after new work or a cancellation (with mu). */
+static void px__nudge(px__aio *a) {
+  if (a->idle) {
+    pthread_cond_signal(&a->cv);
+  } else if (a->suspended && !a->kicked) {
+    a->kicked = true;
+    px__pa_wake_post(a->kick_w);
+  }
+}
 
 static void px__aio_tune(void) {
 #if defined(__GLIBC__) && defined(_GNU_SOURCE)
-  /* Enough worker threads for 32 parallel requests on each of two files;
-   * idle workers exit after a second. */
-  struct aioinit init = {.aio_threads = 64, .aio_num = 64, .aio_idle_time = 1};
+  /* Threads are made on demand: a high limit costs nothing unused, and
+   * each loop's sentinel holds one. */
+  struct aioinit init = {
+      .aio_threads = 256, .aio_num = 256, .aio_idle_time = 1};
   aio_init(&init);
 #endif
+}
+
+static int px__pipe_nb(int p[2], bool block_read) {
+  if (pipe(p) < 0)
+    return px__errno(errno);
+  int fl = fcntl(p[1], F_GETFL);
+  if (fl < 0 || fcntl(p[1], F_SETFL, fl | O_NONBLOCK) < 0 ||
+      fcntl(p[0], F_SETFD, FD_CLOEXEC) < 0 ||
+      fcntl(p[1], F_SETFD, FD_CLOEXEC) < 0 ||
+      (!block_read && fcntl(p[0], F_SETFL, fl | O_NONBLOCK) < 0)) {
+    int r = px__errno(errno);
+    close(p[0]);
+    close(p[1]);
+    return r;
+  }
+  return 0;
+}
+
+static void px__aio_release(px__aio *a) {
+  px__free(a->slots);
+  px__free(a->free_);
+  px__free(a->busy);
+  px__free(a->list);
+  px__free(a);
+}
+
+static void px__aio_close_note(px__aio *a) {
+  close(a->note_r);
+  if (a->note_w != a->note_r)
+    close(a->note_w);
+}
+
+/* Closes the kick pipe and lets go of everything (the last step). */
+static void px__aio_close_kick(px__aio *a) {
+  close(a->kick_r);
+  close(a->kick_w);
+  px__aio_release(a);
+}
+
+static int px__spawn(px__aio *a) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread takes no signal */
+  int r = pthread_create(&a->thread, NULL, px__aio_main, a);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return r == 0 ? 0 : px__errno(r);
 }
 
 static int px__aio_make(px__pa *pa) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, px__aio_tune);
   px__aio *a = px__calloc(1, sizeof(*a));
-  px__chan *c = px__calloc(1, sizeof(*c));
-  if (a != NULL) {
-    a->slots = px__calloc(PX__AIO_SLOTS, sizeof(*a->slots));
-    a->free_ = px__calloc(PX__AIO_SLOTS, sizeof(*a->free_));
-    a->busy = px__calloc(PX__AIO_SLOTS, sizeof(*a->busy));
+  if (a == NULL)
+    return PX_ENOMEM;
+  a->slots = px__calloc(PX__AIO_SLOTS, sizeof(*a->slots));
+  a->free_ = px__calloc(PX__AIO_SLOTS, sizeof(*a->free_));
+  a->busy = px__calloc(PX__AIO_SLOTS, sizeof(*a->busy));
+  a->list = px__calloc(PX__AIO_SLOTS + 1, sizeof(*a->list));
+  if (!a->slots || !a->free_ || !a->busy || !a->list) {
+    px__aio_release(a);
+    return PX_ENOMEM;
   }
-  int r = PX_ENOMEM;
-  if (a != NULL && c != NULL && a->slots && a->free_ && a->busy)
-    r = px__pa_wake_fd(&c->r, &c->w);
-  if (r == 0) {
-    r = px__poller_watch_in(pa->poller, c->r);
-    if (r < 0) {
-      close(c->r);
-      if (c->w != c->r)
-        close(c->w);
-    }
-  }
-  if (r < 0) {
-    if (a != NULL) {
-      px__free(a->slots);
-      px__free(a->free_);
-      px__free(a->busy);
-    }
-    px__free(a);
-    px__free(c);
-    return r;
-  }
-  atomic_init(&c->refs, 1);
-  a->chan = c;
   for (uint32_t i = 0; i < PX__AIO_SLOTS; i++)
     a->free_[i] = PX__AIO_SLOTS - 1 - i;
   a->nfree = PX__AIO_SLOTS;
+  int kick[2], r = px__pipe_nb(kick, true);
+  if (r < 0) {
+    px__aio_release(a);
+    return r;
+  }
+  a->kick_r = kick[0];
+  a->kick_w = kick[1];
+  r = px__pa_wake_fd(&a->note_r, &a->note_w);
+  if (r < 0) {
+    px__aio_close_kick(a);
+    return r;
+  }
+  r = px__poller_watch_in(pa->poller, a->note_r);
+  if (r == 0 && pthread_mutex_init(&a->mu, NULL) != 0)
+    r = PX_ENOMEM;
+  if (r == 0 && pthread_cond_init(&a->cv, NULL) != 0) {
+    pthread_mutex_destroy(&a->mu);
+    r = PX_ENOMEM;
+  }
+  if (r == 0 && (r = px__spawn(a)) < 0) {
+    pthread_cond_destroy(&a->cv);
+    pthread_mutex_destroy(&a->mu);
+  }
+  if (r < 0) {
+    px__poller_forget(pa->poller, a->note_r);
+    px__aio_close_note(a);
+    px__aio_close_kick(a);
+    return r;
+  }
   pa->aio = a;
   return 0;
 }
@@ -164,21 +466,26 @@ void px__aio_free(px__pa *pa) {
   px__aio *a = pa->aio;
   if (a == NULL)
     return;
-  px__poller_forget(pa->poller, a->chan->r);
-  px__chan_unref(a->chan);
-  px__free(a->slots);
-  px__free(a->free_);
-  px__free(a->busy);
-  px__free(a);
+  pthread_mutex_lock(&a->mu);
+  a->stop = true;
+  if (a->idle)
+    pthread_cond_signal(&a->cv);
+  if (a->armed && !a->kicked) {
+    a->kicked = true;
+    px__pa_wake_post(a->kick_w);
+  }
+  pthread_mutex_unlock(&a->mu);
+  pthread_join(a->thread, NULL);
+  pthread_cond_destroy(&a->cv);
+  pthread_mutex_destroy(&a->mu);
+  px__poller_forget(pa->poller, a->note_r);
+  px__aio_close_note(a);
+  px__aio_close_kick(a);
   pa->aio = NULL;
 }
 
 int px__aio_notify_fd(const px__pa *pa) {
-  return pa->aio != NULL ? pa->aio->chan->r : -1;
-}
-
-uint32_t px__aio_busy(const px__pa *pa) {
-  return pa->aio != NULL ? pa->aio->nbusy : 0;
+  return pa->aio != NULL ? pa->aio->note_r : -1;
 }
 
 /* ---- Lanes: descriptors of one file that libc runs in parallel. -------- */
@@ -240,91 +547,7 @@ void px__aio_release_fd(px__pa *pa, px__pfd *f) {
   f->lanes = NULL;
 }
 
-/* ---- Starting requests. ------------------------------------------------ */
-
-static bool px__is_vec(const px_op *op) {
-  return op->kind == PX__OP_READV || op->kind == PX__OP_WRITEV;
-}
-
-/* The next segment of op to transfer; false when none is left. */
-static bool px__segment(px_op *op, void **buf, size_t *len) {
-  px__paop *po = px__pa_op(op);
-  if (!px__is_vec(op)) {
-    *buf = op->buf;
-    *len = op->len;
-    return true;
-  }
-  const px_iov *iov = op->buf;
-  while (po->seg < op->len && iov[po->seg].len == 0)
-    po->seg++;
-  if (po->seg >= op->len || po->done >= PX__MAX_IO)
-    return false;
-  *buf = iov[po->seg].base;
-  *len = iov[po->seg].len;
-  if (*len > PX__MAX_IO - po->done)
-    *len = PX__MAX_IO - po->done;
-  return true;
-}
-
-static int px__aio_call(px_op *op, struct aiocb *cb) {
-  switch (op->kind) {
-    case PX__OP_READ:
-    case PX__OP_READV:
-      return aio_read(cb);
-    case PX__OP_WRITE:
-    case PX__OP_WRITEV:
-      return aio_write(cb);
-    default:   /* PX__OP_FSYNC */
-#ifdef O_DSYNC /* POSIX's optional synchronized I/O */
-      return aio_fsync((op->flags & PX__F_DATASYNC) ? O_DSYNC : O_SYNC, cb);
-#else
-      return aio_fsync(O_SYNC, cb);
-#endif
-  }
-}
-
-/* Hands op's next request to libc in slot i.  0, 1 when op has nothing
- * left to transfer, or a PX_E* code. */
-static int px__aio_start(px__pa *pa, px_op *op, uint32_t i) {
-  px__aio *a = pa->aio;
-  px__paop *po = px__pa_op(op);
-  int fd = (int)op->fd;
-  px__pfd *f = px__pa_fd(pa, fd);
-  void *buf = NULL;
-  size_t len = 0;
-  if (op->kind != PX__OP_FSYNC && !px__segment(op, &buf, &len))
-    return 1;
-  px__aslot *s = &a->slots[i];
-  memset(&s->cb, 0, sizeof(s->cb));
-  s->cb.aio_fildes = px__lane_pick(f, fd, &po->lane);
-  s->cb.aio_buf = buf;
-  s->cb.aio_nbytes = len;
-  s->cb.aio_offset =
-      (off_t)((op->off == PX_CUR ? po->pos : op->off) + (int64_t)po->done);
-  s->cb.aio_sigevent.sigev_notify = SIGEV_THREAD;
-  s->cb.aio_sigevent.sigev_notify_function = px__aio_notify;
-  s->cb.aio_sigevent.sigev_value.sival_ptr = a->chan;
-  atomic_fetch_add_explicit(&a->chan->refs, 1, memory_order_relaxed);
-  if (px__aio_call(op, &s->cb) < 0) {
-    int err = errno;
-    atomic_fetch_sub_explicit(&a->chan->refs, 1, memory_order_relaxed);
-    return px__errno(err);
-  }
-  px__lane_take(f, po->lane);
-  s->op = op;
-  s->at = a->nbusy;
-  a->busy[a->nbusy++] = i;
-  po->slot = i;
-  po->where = PX__W_AIO;
-  return 0;
-}
-
-/* Ops wait for an aiocb in order; a refused start waits too while other
- * requests are in flight to free resources. */
-static void px__aio_wait(px__aio *a, px_op *op) {
-  px__pa_op(op)->where = PX__W_SLOT;
-  px__fifo_push(&a->waiting, op);
-}
+/* ---- Submission and completion on the loop. ---------------------------- */
 
 int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
   if (pa->aio == NULL) {
@@ -333,7 +556,8 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
       return r;
   }
   px__aio *a = pa->aio;
-  if (px__pa_fd_make(loop, pa, (int)op->fd) == NULL) /* holds the lanes */
+  px__pfd *f = px__pa_fd_make(loop, pa, (int)op->fd); /* holds the lanes */
+  if (f == NULL)
     return PX_ENOMEM;
   px__paop *po = px__pa_op(op);
   if (op->off == PX_CUR && op->kind != PX__OP_FSYNC) {
@@ -342,27 +566,16 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
       return px__errno(errno);
     po->pos = pos;
   }
-  if (a->waiting.head != NULL || a->nfree == 0) {
-    px__aio_wait(a, op);
-    return 0;
-  }
-  uint32_t i = a->free_[--a->nfree];
-  int r = px__aio_start(pa, op, i);
-  if (r == 0)
-    return 0;
-  a->free_[a->nfree++] = i;
-  if (r == 1) {
-    px__pa_done(pa, op, 0); /* a vector of empty segments */
-    return 0;
-  }
-  if (r == PX_EAGAIN && a->nbusy > 0) {
-    px__aio_wait(a, op);
-    return 0;
-  }
-  return r;
+  po->lane_fd = px__lane_pick(f, (int)op->fd, &po->lane);
+  px__lane_take(f, po->lane);
+  po->where = PX__W_AIO;
+  pthread_mutex_lock(&a->mu);
+  po->phase = PX__PH_TODO;
+  px__fifo_push(&a->todo, op);
+  px__nudge(a);
+  pthread_mutex_unlock(&a->mu);
+  return 0;
 }
-
-/* ---- Completions. ------------------------------------------------------ */
 
 /* Moves the handle's position past what an op at PX_CUR moved. */
 static void px__pos_advance(px_op *op, int64_t moved) {
@@ -375,146 +588,102 @@ static void px__pos_advance(px_op *op, int64_t moved) {
     lseek(fd, (off_t)(px__pa_op(op)->pos + moved), SEEK_SET);
 }
 
-static void px__slot_free(px__aio *a, uint32_t i) {
-  px__aslot *s = &a->slots[i];
-  uint32_t last = a->busy[--a->nbusy];
-  a->busy[s->at] = last;
-  a->slots[last].at = s->at;
-  s->op = NULL;
-  a->free_[a->nfree++] = i;
-}
-
-/* A request of op finished with err (0 or an errno) and n bytes. */
-static void px__aio_finish(px_loop *loop, px__pa *pa, px_op *op, int err,
-                           ssize_t n) {
+/* op comes back from the thread (or out of its queue) with res. */
+static void px__aio_complete(px_loop *loop, px__pa *pa, px_op *op,
+                             int32_t res) {
   px__paop *po = px__pa_op(op);
-  px__aio *a = pa->aio;
-  px__lane_drop(px__pa_fd(pa, (int)op->fd), po->lane);
-  px__slot_free(a, po->slot);
+  px__pfd *f = px__pa_fd(pa, (int)op->fd);
+  if (f != NULL)
+    px__lane_drop(f, po->lane);
   po->where = PX__W_NONE;
-  int32_t res;
-  if (err != 0) {
-    res = po->done > 0 ? (int32_t)po->done : px__errno(err);
-  } else if (px__is_vec(op)) {
-    const px_iov *iov = op->buf;
-    bool whole = (size_t)n == iov[po->seg].len;
-    po->done += (uint64_t)n;
-    po->seg++;
-    if (whole && !po->stop && n > 0) {
-      uint32_t i = a->free_[--a->nfree];
-      int r = px__aio_start(pa, op, i);
-      if (r == 0)
-        return;
-      a->free_[a->nfree++] = i;
-      if (r == PX_EAGAIN && a->nbusy > 0) {
-        px__aio_wait(a, op); /* libc is short of resources for a moment */
-        return;
-      }
-      if (r < 0 && po->done == 0) {
-        px__complete(loop, op, r);
-        return;
-      }
-    }
-    res = (int32_t)po->done;
-  } else {
-    res = (int32_t)n;
-  }
-  if (op->off == PX_CUR && res > 0)
+  if (op->off == PX_CUR && op->kind != PX__OP_FSYNC && res > 0)
     px__pos_advance(op, res);
   px__complete(loop, op, res);
 }
 
-static void px__aio_start_waiting(px_loop *loop, px__pa *pa) {
+void px__aio_reap(px_loop *loop, px__pa *pa) {
   px__aio *a = pa->aio;
-  while (a->waiting.head != NULL && a->nfree > 0) {
-    px_op *op = a->waiting.head;
-    uint32_t i = a->free_[--a->nfree];
-    int r = px__aio_start(pa, op, i);
-    if (r != 0)
-      a->free_[a->nfree++] = i;
-    if (r == PX_EAGAIN && a->nbusy > 0)
-      return; /* still short of resources: wait for the next completion */
-    px__fifo_pop(&a->waiting);
-    if (r != 0) {
-      px__pa_op(op)->where = PX__W_NONE;
-      px__complete(loop, op, r == 1 ? 0 : r);
-    }
-  }
-}
-
-void px__aio_reap(px_loop *loop, px__pa *pa, bool drain) {
-  px__aio *a = pa->aio;
-  /* Drain first: a request finishing after the scan below writes again. */
-  if (drain)
-    px__pa_wake_drain(a->chan->r);
-  for (uint32_t k = 0; k < a->nbusy;) {
-    px__aslot *s = &a->slots[a->busy[k]];
-    int err = aio_error(&s->cb);
-    if (err == EINPROGRESS) {
-      k++;
-      continue;
-    }
-    ssize_t n = aio_return(&s->cb);
-    /* Finishing frees the slot, which moves the last busy one to k. */
-    px__aio_finish(loop, pa, s->op, err, n);
-  }
-  px__aio_start_waiting(loop, pa);
+  px__pa_wake_drain(a->note_r);
+  pthread_mutex_lock(&a->mu);
+  px__fifo list = a->done;
+  a->done = (px__fifo){0};
+  a->notified = false;
+  pthread_mutex_unlock(&a->mu);
+  px_op *op;
+  while ((op = px__fifo_pop(&list)) != NULL)
+    px__aio_complete(loop, pa, op, px__pa_op(op)->res);
 }
 
 /* ---- Cancellation. ----------------------------------------------------- */
 
-int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op) {
-  px__aio *a = pa->aio;
+/* Marks op for cancellation (with mu).  An op still queued comes out at
+ * once into *now; one the thread runs is cancelled by the thread. */
+static int32_t px__mark(px__aio *a, px_op *op, px__fifo *now) {
   px__paop *po = px__pa_op(op);
-  if (po->where == PX__W_SLOT) {
-    px__fifo_remove(&a->waiting, op);
-    po->where = PX__W_NONE;
-    /* A vector op between segments keeps what it moved. */
-    px__complete(loop, op, po->done > 0 ? (int32_t)po->done : PX_ECANCELED);
-    return 0;
-  }
-  po->stop = 1; /* a vector op ends after its current segment */
-  struct aiocb *cb = &a->slots[po->slot].cb;
-  switch (aio_cancel(cb->aio_fildes, cb)) {
-    case AIO_CANCELED:
+  switch (po->phase) {
+    case PX__PH_TODO:
+      px__fifo_remove(&a->todo, op);
+      po->res = PX_ECANCELED;
+      px__fifo_push(now, op);
       return 0;
-    case AIO_ALLDONE: /* reaped at the next poll: as good as queued */
-      return PX_ENOENT;
-    default: /* running: a vector op still stops after this segment */
-      return px__is_vec(op) ? 0 : PX_EALREADY;
+    case PX__PH_DONE:
+      return PX_ENOENT; /* the result is on its way */
+    default:            /* in a slot, or waiting to retry a segment */
+      po->stop = 1;
+      a->cancels = true;
+      return 0;
   }
 }
 
-static void px__aio_cancel_where(px_loop *loop, px__pa *pa, bool all, int fd) {
+static void px__complete_now(px_loop *loop, px__pa *pa, px__fifo *now) {
+  px_op *op;
+  while ((op = px__fifo_pop(now)) != NULL)
+    px__aio_complete(loop, pa, op, px__pa_op(op)->res);
+}
+
+int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op) {
+  px__aio *a = pa->aio;
+  px__fifo now = {0};
+  pthread_mutex_lock(&a->mu);
+  int32_t r = px__mark(a, op, &now);
+  px__nudge(a);
+  pthread_mutex_unlock(&a->mu);
+  px__complete_now(loop, pa, &now);
+  return r;
+}
+
+/* Every op of fd (fd < 0: every op) the thread holds. */
+static void px__aio_cancel_where(px_loop *loop, px__pa *pa, int fd) {
   px__aio *a = pa->aio;
   if (a == NULL)
     return;
-  for (uint32_t k = 0; k < a->nbusy; k++) {
-    px_op *op = a->slots[a->busy[k]].op;
-    if (all || (int)op->fd == fd)
-      px__aio_cancel(loop, pa, op);
-  }
-  px__fifo keep = {0}, list = a->waiting;
-  a->waiting = (px__fifo){0};
+  px__fifo now = {0};
+  pthread_mutex_lock(&a->mu);
+  px__fifo todo = a->todo;
+  a->todo = (px__fifo){0};
   px_op *op;
-  while ((op = px__fifo_pop(&list)) != NULL) {
-    if (all || (int)op->fd == fd) {
-      px__pa_op(op)->where = PX__W_NONE;
-      px__complete(loop, op, PX_ECANCELED);
-    } else {
-      px__fifo_push(&keep, op);
-    }
+  while ((op = px__fifo_pop(&todo)) != NULL) {
+    px__fifo_push(&a->todo, op);
+    if (fd < 0 || (int)op->fd == fd)
+      px__mark(a, op, &now);
   }
-  /* Completions above may have queued new ops behind the kept ones. */
-  while ((op = px__fifo_pop(&a->waiting)) != NULL)
-    px__fifo_push(&keep, op);
-  a->waiting = keep;
+  for (uint32_t k = 0; k < a->nbusy; k++) {
+    op = a->slots[a->busy[k]].op;
+    if (fd < 0 || (int)op->fd == fd)
+      px__mark(a, op, &now);
+  }
+  for (op = a->retry.head; op != NULL; op = op->next)
+    if (fd < 0 || (int)op->fd == fd)
+      px__mark(a, op, &now);
+  px__nudge(a);
+  pthread_mutex_unlock(&a->mu);
+  px__complete_now(loop, pa, &now);
 }
 
 void px__aio_cancel_fd(px_loop *loop, px__pa *pa, int fd) {
-  px__aio_cancel_where(loop, pa, false, fd);
+  px__aio_cancel_where(loop, pa, fd);
 }
 
 void px__aio_cancel_all(px_loop *loop, px__pa *pa) {
-  px__aio_cancel_where(loop, pa, true, -1);
+  px__aio_cancel_where(loop, pa, -1);
 }

@@ -16,8 +16,7 @@ enum px__where {
   PX__W_NONE = 0,
   PX__W_READY, /* waits for readiness on its fd's queue */
   PX__W_DONE,  /* result known, reported at the next poll */
-  PX__W_AIO,   /* an aiocb of the slab is in the kernel (or libc) */
-  PX__W_SLOT   /* a file op waiting for a free aiocb */
+  PX__W_AIO    /* with the completion thread (file I/O) */
 };
 
 /* Per-op state, inside op->backend. */
@@ -28,8 +27,11 @@ typedef struct PX__MAY_ALIAS px__paop {
   uint32_t slot; /* PX__W_AIO: index in the aiocb slab */
   uint32_t seg;  /* vector file ops: the segment in flight */
   uint8_t where;
-  uint8_t lane; /* PX__W_AIO: which descriptor of the file */
-  uint8_t stop; /* cancelled: a vector op ends after this segment */
+  int32_t lane_fd;     /* PX__W_AIO: the descriptor the request uses */
+  uint8_t lane;        /* ... its index among the file's lanes */
+  uint8_t phase;       /* PX__W_AIO: where the completion thread has it */
+  uint8_t stop;        /* cancel asked: the thread cancels or ends it */
+  uint8_t cancel_sent; /* the thread called aio_cancel for it */
 } px__paop;
 
 _Static_assert(sizeof(px__paop) <= sizeof(((px_op *)0)->backend),
@@ -68,7 +70,6 @@ typedef struct px__pa {
   px__fifo done;   /* ops whose result is known */
   px__aio *aio;    /* file I/O, made at the first file op */
   bool guard_held; /* the SIGPIPE guard, for writes to pipes */
-  bool aio_fired;  /* the AIO notification fd fired in this poll */
 } px__pa;
 
 static inline px__pa *px__pa_of(px_loop *loop) {
@@ -89,11 +90,10 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op);
 int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op);
 void px__aio_cancel_fd(px_loop *loop, px__pa *pa, int fd);
 void px__aio_cancel_all(px_loop *loop, px__pa *pa);
-/* The notification fd to poll (-1 before the first file op); requests in
- * flight; reaping the finished ones (after draining the fd). */
+/* The notification fd to poll (-1 before the first file op), and taking
+ * the ops the completion thread finished when it fires. */
 int px__aio_notify_fd(const px__pa *pa);
-uint32_t px__aio_busy(const px__pa *pa);
-void px__aio_reap(px_loop *loop, px__pa *pa, bool drain);
+void px__aio_reap(px_loop *loop, px__pa *pa);
 void px__aio_release_fd(px__pa *pa, px__pfd *f); /* closes the lanes */
 void px__aio_free(px__pa *pa);
 

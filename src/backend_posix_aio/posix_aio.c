@@ -491,7 +491,6 @@ static void px__pa_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
       res = 0;
       break;
     case PX__W_AIO:
-    case PX__W_SLOT:
       res = px__aio_cancel(loop, pa, target);
       break;
     default: /* its result is known: the callback is as good as queued */
@@ -538,8 +537,8 @@ static void px__event(px_loop *loop, px__pa *pa, const px__pev *ev) {
     px__wake_ack(loop);
     return;
   }
-  if (ev->fd == px__aio_notify_fd(pa)) {
-    pa->aio_fired = true; /* drained and reaped after the wait */
+  if (ev->fd == px__aio_notify_fd(pa) && (ev->ev & PX__IN)) {
+    px__aio_reap(loop, pa);
     return;
   }
   px__pfd *f = px__pa_fd(pa, ev->fd);
@@ -557,28 +556,16 @@ static int px__ms(int64_t ns) {
   return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
 }
 
-/* File requests in flight are reaped at every poll, not only when their
- * notification arrives, and the wait is cut short while there are any: a
- * notification libc could not deliver (it needs a new thread each time)
- * then costs a delay, not an op that never completes. */
-#define PX__AIO_RECHECK_NS 100000000
-
 static int px__pa_poll(px_loop *loop, int64_t timeout_ns) {
   px__pa *pa = px__pa_of(loop);
   bool have = pa->done.head != NULL || pa->run_head >= 0;
   px__run_list(loop, pa);
   if (have)
     timeout_ns = 0;
-  else if (px__aio_busy(pa) > 0 &&
-           (timeout_ns < 0 || timeout_ns > PX__AIO_RECHECK_NS))
-    timeout_ns = PX__AIO_RECHECK_NS;
   px__pev *evs;
   int n = px__poller_wait(pa->poller, px__ms(timeout_ns), &evs);
   for (int i = 0; i < n; i++)
     px__event(loop, pa, &evs[i]);
-  if (px__aio_busy(pa) > 0 || pa->aio_fired)
-    px__aio_reap(loop, pa, pa->aio_fired);
-  pa->aio_fired = false;
   px__run_list(loop, pa);
   px__done_flush(loop, pa);
   if (pa->guard_held) {
