@@ -3,6 +3,11 @@
 
 #include "internal.h"
 
+/* Windows' C library has no ESHUTDOWN; no errno value can mean it there. */
+#ifndef ESHUTDOWN
+#define ESHUTDOWN (-PX_ESHUTDOWN + 0x10000)
+#endif
+
 #define PX__ERRORS(X)                                                          \
   X(EPERM, "operation not permitted")                                          \
   X(ENOENT, "no such file, directory or operation")                            \

@@ -88,6 +88,7 @@ typedef struct px__fdent {
   uint32_t started; /* ops on this handle inside the backend */
   uint8_t known;
   uint8_t stream; /* not a regular file: pipe, socket, device */
+  uint8_t append; /* Windows: opened with PX_O_APPEND */
 } px__fdent;
 
 static inline px__dir *px__dir_of(px__fdent *e, const px_op *op) {
@@ -163,10 +164,29 @@ void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 /* time_*.c: lets other threads run (a short wait in px_loop_free). */
 void px__os_yield(void);
 
+/* addr.c: a px_addr's address family (AF_*). */
+int px__addr_family(const px_addr *addr);
+/* sock_*.c: the network stack is ready for use (Winsock's start-up). */
+int px__os_net_init(void);
+
+/* handle.c: makes fd known to loop (adopt, register), or closes it. */
+int px__own(px_loop *loop, px_fd fd, bool stream, px_fd *out);
+int px__own_pair(px_loop *loop, px_fd a, px_fd b, px_fd out[2]);
+/* px_file_open's flags: known bits, a valid access mode. */
+bool px__open_flags_ok(unsigned flags);
+
 /* sock_*.c: platform handle operations. */
 int px__os_close(px_fd fd);
 int px__os_is_stream(px_fd fd); /* 1, 0, or a PX_E* code */
 int px__os_writable(px_fd fd);  /* open for writing: 1, 0, or a PX_E* code */
+#ifdef _WIN32
+/* error_win.c: a Windows error code (GetLastError, WSAGetLastError). */
+int px__win_error(unsigned long err);
+/* sock_win.c: a handle's kind, for the backend's choice of call. */
+enum { PX__H_FILE = 1, PX__H_SOCKET, PX__H_PIPE, PX__H_CHAR };
+int px__win_kind(px_fd fd); /* PX__H_* or a PX_E* code */
+int px__win_startup(void);  /* Winsock, once: 0 or a PX_E* code */
+#endif
 
 /*
  * A write to a pipe (or to a socket through write()) whose reader is gone

@@ -19,9 +19,6 @@
 
 #include "internal.h"
 
-_Static_assert(sizeof(struct sockaddr_in6) <= sizeof(((px_addr *)0)->storage),
-               "px_addr holds an IPv6 address");
-
 /* The calling thread's SIGPIPE guard: see internal.h. */
 static _Thread_local struct {
   unsigned depth;
@@ -61,7 +58,13 @@ void px__sigpipe_release(void) {
     pthread_sigmask(SIG_UNBLOCK, &pipe_only, NULL);
 }
 
+int px__os_net_init(void) {
+  return 0;
+}
+
 int px__os_close(px_fd fd) {
+  if (fd < 0 || fd > INT32_MAX)
+    return PX_EBADF;
   /* After close() fails with EINTR the descriptor is gone on Linux; do not
    * retry, the number may already belong to someone else. */
   return close((int)fd) < 0 && errno != EINTR ? px__errno(errno) : 0;
@@ -81,19 +84,6 @@ int px__os_writable(px_fd fd) {
   return (fl & O_ACCMODE) != O_RDONLY;
 }
 
-/* Makes fd known to loop, or closes it. */
-static int px__own(px_loop *loop, int fd, bool stream, px_fd *out) {
-  int r = PX__BK(loop)->adopt(loop, fd);
-  if (r == 0)
-    r = px__fd_register(loop, fd, stream);
-  if (r < 0) {
-    close(fd);
-    return r;
-  }
-  *out = fd;
-  return 0;
-}
-
 int px_adopt(px_loop *loop, px_fd fd) {
   if (loop == NULL || fd < 0 || fd > INT32_MAX)
     return PX_EINVAL;
@@ -104,21 +94,6 @@ int px_adopt(px_loop *loop, px_fd fd) {
     return 0;
   int r = PX__BK(loop)->adopt(loop, fd);
   return r < 0 ? r : px__fd_register(loop, fd, stream);
-}
-
-int px_fd_close(px_loop *loop, px_fd fd) {
-  if (fd < 0 || fd > INT32_MAX)
-    return PX_EBADF;
-  if (loop != NULL) {
-    px__fdent *e = px__fd_get(loop, fd);
-    if (e != NULL && (e->started || e->closing || e->dir[0].waiting.head ||
-                      e->dir[1].waiting.head))
-      return PX_EBUSY;
-    if (e != NULL && PX__BK(loop)->release != NULL)
-      PX__BK(loop)->release(loop, fd);
-    px__fd_forget(loop, fd);
-  }
-  return px__os_close(fd);
 }
 
 int px_fd_close_reset(px_loop *loop, px_fd fd) {
@@ -140,52 +115,6 @@ int px_tcp_nodelay(px_fd fd, int on) {
 }
 
 /* ---- Addresses. -------------------------------------------------------- */
-
-/* px_addr's storage is read and written with memcpy: it is a uint64_t
- * array, and casting it to a sockaddr would break strict aliasing. */
-static int px__family(const px_addr *addr) {
-  struct sockaddr_storage ss;
-  memcpy(&ss, addr->storage, sizeof(struct sockaddr_in6));
-  return ss.ss_family;
-}
-
-int px_addr_set(px_addr *addr, const char *ip, int port) {
-  if (addr == NULL || ip == NULL || port < 0 || port > 65535)
-    return PX_EINVAL;
-  memset(addr, 0, sizeof(*addr));
-  struct sockaddr_in a4 = {.sin_family = AF_INET,
-                           .sin_port = htons((uint16_t)port)};
-  struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
-                            .sin6_port = htons((uint16_t)port)};
-  if (inet_pton(AF_INET, ip, &a4.sin_addr) == 1) {
-    memcpy(addr->storage, &a4, sizeof(a4));
-    addr->len = sizeof(a4);
-    return 0;
-  }
-  if (inet_pton(AF_INET6, ip, &a6.sin6_addr) == 1) {
-    memcpy(addr->storage, &a6, sizeof(a6));
-    addr->len = sizeof(a6);
-    return 0;
-  }
-  return PX_EINVAL;
-}
-
-int px_addr_port(const px_addr *addr) {
-  if (addr == NULL || addr->len == 0)
-    return PX_EINVAL;
-  struct sockaddr_in a4;
-  struct sockaddr_in6 a6;
-  switch (px__family(addr)) {
-    case AF_INET:
-      memcpy(&a4, addr->storage, sizeof(a4));
-      return ntohs(a4.sin_port);
-    case AF_INET6:
-      memcpy(&a6, addr->storage, sizeof(a6));
-      return ntohs(a6.sin6_port);
-    default:
-      return PX_EAFNOSUPPORT;
-  }
-}
 
 static int px__addr_get(px_fd fd, px_addr *addr, bool peer) {
   if (addr == NULL)
@@ -226,7 +155,7 @@ static int px__cloexec(int fd) {
 }
 
 static int px__socket(const px_addr *addr) {
-  int fd = socket(px__family(addr), SOCK_STREAM | PX__SOCK_CLOEXEC, 0);
+  int fd = socket(px__addr_family(addr), SOCK_STREAM | PX__SOCK_CLOEXEC, 0);
   return fd < 0 ? px__errno(errno) : px__cloexec(fd);
 }
 
@@ -279,20 +208,6 @@ int px_tcp_socket(px_loop *loop, const px_addr *addr, px_fd *out) {
   return px__own(loop, fd, true, out);
 }
 
-static int px__own_pair(px_loop *loop, int fds[2], px_fd out[2]) {
-  int r = px__own(loop, fds[0], true, &out[0]);
-  if (r < 0) {
-    close(fds[1]);
-    return r;
-  }
-  r = px__own(loop, fds[1], true, &out[1]);
-  if (r < 0) {
-    px_fd_close(loop, out[0]);
-    return r;
-  }
-  return 0;
-}
-
 int px_socketpair(px_loop *loop, px_fd out[2]) {
   if (loop == NULL || out == NULL)
     return PX_EINVAL;
@@ -301,7 +216,7 @@ int px_socketpair(px_loop *loop, px_fd out[2]) {
     return px__errno(errno);
   px__cloexec(fds[0]);
   px__cloexec(fds[1]);
-  return px__own_pair(loop, fds, out);
+  return px__own_pair(loop, fds[0], fds[1], out);
 }
 
 int px_pipe(px_loop *loop, px_fd out[2]) {
@@ -312,7 +227,7 @@ int px_pipe(px_loop *loop, px_fd out[2]) {
     return px__errno(errno);
   fcntl(fds[0], F_SETFD, FD_CLOEXEC);
   fcntl(fds[1], F_SETFD, FD_CLOEXEC);
-  return px__own_pair(loop, fds, out);
+  return px__own_pair(loop, fds[0], fds[1], out);
 }
 
 static int px__open_flags(unsigned flags) {
@@ -335,10 +250,7 @@ static int px__open_flags(unsigned flags) {
 
 int px_file_open(px_loop *loop, const char *path, unsigned flags, int mode,
                  px_fd *out) {
-  const unsigned known =
-      0x3u | PX_O_CREAT | PX_O_TRUNC | PX_O_EXCL | PX_O_APPEND | PX_O_DIRECT;
-  if (loop == NULL || path == NULL || out == NULL || (flags & ~known) ||
-      (flags & 0x3u) == 0x3u)
+  if (loop == NULL || path == NULL || out == NULL || !px__open_flags_ok(flags))
     return PX_EINVAL;
 #ifndef O_DIRECT
   if (flags & PX_O_DIRECT)

@@ -1,0 +1,52 @@
+/*
+ * Handles entering and leaving a loop, the same on every platform: the
+ * sock_*.c files create them, these make them known or let them go.
+ */
+#include "internal.h"
+
+int px__own(px_loop *loop, px_fd fd, bool stream, px_fd *out) {
+  int r = PX__BK(loop)->adopt(loop, fd);
+  if (r == 0)
+    r = px__fd_register(loop, fd, stream);
+  if (r < 0) {
+    px__os_close(fd);
+    return r;
+  }
+  *out = fd;
+  return 0;
+}
+
+int px__own_pair(px_loop *loop, px_fd a, px_fd b, px_fd out[2]) {
+  int r = px__own(loop, a, true, &out[0]);
+  if (r < 0) {
+    px__os_close(b);
+    return r;
+  }
+  r = px__own(loop, b, true, &out[1]);
+  if (r < 0) {
+    px_fd_close(loop, out[0]);
+    return r;
+  }
+  return 0;
+}
+
+int px_fd_close(px_loop *loop, px_fd fd) {
+  if (fd < 0)
+    return PX_EBADF;
+  if (loop != NULL) {
+    px__fdent *e = px__fd_get(loop, fd);
+    if (e != NULL && (e->started || e->closing || e->dir[0].waiting.head ||
+                      e->dir[1].waiting.head))
+      return PX_EBUSY;
+    if (e != NULL && PX__BK(loop)->release != NULL)
+      PX__BK(loop)->release(loop, fd);
+    px__fd_forget(loop, fd);
+  }
+  return px__os_close(fd);
+}
+
+bool px__open_flags_ok(unsigned flags) {
+  const unsigned known =
+      0x3u | PX_O_CREAT | PX_O_TRUNC | PX_O_EXCL | PX_O_APPEND | PX_O_DIRECT;
+  return (flags & ~known) == 0 && (flags & 0x3u) != 0x3u;
+}
