@@ -380,3 +380,84 @@ void loop_made_on_one_thread_runs_on_another(void **state) {
   assert_int_equal(w.done, w.rounds);
   finish(w.loop);
 }
+
+/* ---- Work handed between loops on two threads. ------------------------ */
+
+/* A handle belongs to one loop for good (a completion port keeps it), so
+ * loops on several threads hand each other work, not handles: here loop A
+ * (this thread) posts messages to loop B (a worker), B sends each one on
+ * its end of a socket pair, and A receives them on the other end. */
+enum { HANDOFF_MSGS = 200, HANDOFF_LEN = 8 };
+
+typedef struct handoff {
+  px_loop *loop; /* B */
+  px_fd sock;    /* B's end */
+  px_op posts[HANDOFF_MSGS + 1];
+  px_op sends[HANDOFF_MSGS];
+  char msgs[HANDOFF_MSGS][HANDOFF_LEN];
+  int sent, send_errors, stop;
+} handoff;
+
+static void handoff_sent(px_loop *loop, px_op *op) {
+  handoff *h = op->data;
+  (void)loop;
+  if (op->result != HANDOFF_LEN)
+    h->send_errors++;
+  h->sent++;
+}
+
+static void handoff_post(px_loop *loop, px_op *op) {
+  handoff *h = op->data;
+  int i = (int)(op - h->posts);
+  if (i == HANDOFF_MSGS) {
+    h->stop = 1;
+    return;
+  }
+  if (px_send(loop, &h->sends[i], h->sock, h->msgs[i], HANDOFF_LEN,
+              handoff_sent, h) != 0)
+    h->send_errors++;
+}
+
+static void handoff_main(void *arg) {
+  handoff *h = arg;
+  while (!h->stop || h->sent < HANDOFF_MSGS)
+    if (px_run(h->loop, PX_RUN_ONCE) < 0)
+      break;
+}
+
+void loops_on_two_threads_hand_work_over_with_posts(void **state) {
+  px_loop *a = new_loop();
+  handoff *h = calloc(1, sizeof(*h));
+  px_fd raw[2];
+  pt_thread *th;
+  char got[HANDOFF_MSGS * HANDOFF_LEN];
+  size_t have = 0;
+  (void)state;
+  assert_non_null(h);
+  h->loop = new_loop();
+  assert_int_equal(pt_raw_socketpair(raw), 0);
+  assert_int_equal(px_adopt(a, raw[0]), 0);
+  assert_int_equal(px_adopt(h->loop, raw[1]), 0);
+  h->sock = raw[1];
+  for (int i = 0; i < HANDOFF_MSGS; i++)
+    snprintf(h->msgs[i], HANDOFF_LEN, "m%06d", i);
+  assert_int_equal(pt_thread_start(&th, handoff_main, h), 0);
+  for (int i = 0; i <= HANDOFF_MSGS; i++)
+    assert_int_equal(px_post(h->loop, &h->posts[i], handoff_post, h), 0);
+  uint64_t deadline = pt_now_ms() + 10000;
+  while (have < sizeof(got) && pt_now_ms() < deadline) {
+    int n = sync_recv(a, raw[0], got + have, sizeof(got) - have);
+    assert_true(n > 0);
+    have += (size_t)n;
+  }
+  pt_thread_join(th);
+  assert_int_equal(have, sizeof(got));
+  assert_int_equal(h->send_errors, 0);
+  for (int i = 0; i < HANDOFF_MSGS; i++)
+    assert_memory_equal(got + i * HANDOFF_LEN, h->msgs[i], HANDOFF_LEN);
+  close_fd(a, raw[0]);
+  close_fd(h->loop, raw[1]);
+  finish(h->loop);
+  free(h);
+  finish(a);
+}
