@@ -22,14 +22,23 @@
  *   PX_O_APPEND go to its end (offset 0xFFFFFFFF'FFFFFFFF), as pwrite does
  *   on Linux.  readv/writev on sockets are one WSARecv/WSASend with a
  *   WSABUF array; on files and pipes the segments run one after the other
- *   and a short one ends the op.
- * - FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set on files, pipes and on
- *   sockets whose provider hands out real kernel handles (XP1_IFS_HANDLES;
- *   a layered provider may complete without telling the port).  With it, a
- *   call that succeeds at once queues no packet: the result goes on a list
- *   reported at the next poll, never inside the submit call.  Without it,
- *   the packet is awaited even for an immediate success.  A call that
- *   fails at once queues no packet either way.
+ *   and a short one ends the op.  Data calls on a listening socket answer
+ *   as POSIX does (ENOTCONN to read, EPIPE to write), and so does a send
+ *   on an unconnected socket (EPIPE).
+ * - FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set on files, pipes, devices
+ *   and on sockets whose provider hands out real kernel handles
+ *   (XP1_IFS_HANDLES; a layered provider may complete without telling the
+ *   port).  With it, a call that succeeds at once queues no packet: the
+ *   result goes on a list reported at the next poll, never inside the
+ *   submit call.  Without it, the packet is awaited even for an immediate
+ *   success.  A call that fails at once queues no packet either way,
+ *   except for a warning status: a datagram longer than the buffer
+ *   (WSAEMSGSIZE) is a success of the part that fits, as on POSIX, and
+ *   without the skip mode its packet still comes.
+ * - NTFS runs a write that extends a file synchronously even on an
+ *   overlapped handle: appends block the loop for the time of the write.
+ *   Under wine file calls always go pending, so the immediate-success path
+ *   of files is exercised on real Windows only.
  * - FlushFileBuffers blocks, so fsync runs on the system thread pool and
  *   posts its result to the port.  It cannot be cancelled.
  * - Cancellation is CancelIoEx: the op completes with
@@ -38,9 +47,17 @@
  *   px_close cancels everything on the handle and closes it only after
  *   every OVERLAPPED on it has come back, so px never lets go of an op's
  *   memory while the kernel may still write it.
- * - AcceptEx fails with WSAECONNRESET / ERROR_NETNAME_DELETED when a
- *   client resets before the accept: the backend posts a new AcceptEx
- *   instead of failing the op, as accept() would skip that client.
+ * - AcceptEx fails with WSAECONNRESET / ERROR_NETNAME_DELETED (wine:
+ *   WSAENOTCONN) when a client resets before the accept: the backend posts
+ *   a new AcceptEx instead of failing the op, unless the op was cancelled
+ *   or its listener or loop is closing.
+ * - A readv/writev on a file or pipe is a chain of calls.  Once cancelled,
+ *   or once its handle or loop closes, it issues no further call.  A pipe
+ *   readv goes on to its next segment only while data is waiting
+ *   (PeekNamedPipe), so it returns what is there as readv(2) does.
+ * - CancelIoEx names the socket's base provider handle (SIO_BASE_HANDLE):
+ *   with a layered provider the handle the program holds is not the one
+ *   the I/O was issued on.
  * - Errors map through px__win_error (src/core/error_win.c), so tests see
  *   the same PX_E* codes as on POSIX; an EOF on a pipe (ERROR_BROKEN_PIPE)
  *   or a file (ERROR_HANDLE_EOF) is a read of 0 bytes.
@@ -114,6 +131,7 @@ typedef struct px__ih {
   uint8_t pos_known;
   uint8_t listening; /* a listening socket (checked when adopted) */
   uint16_t family;   /* sockets */
+  px_fd base;        /* sockets: the base provider's handle, for CancelIoEx */
 } px__ih;
 
 /* AcceptEx writes both addresses into a buffer that must live until its
@@ -195,11 +213,21 @@ static int px__iocp_adopt(px_loop *loop, px_fd fd) {
   if (h == NULL)
     return PX_ENOMEM;
   h->kind = (uint8_t)kind;
+  h->base = fd;
   if (kind == PX__H_SOCKET) {
-    SOCKADDR_STORAGE ss;
-    int len = sizeof(ss);
-    if (getsockname((SOCKET)fd, (struct sockaddr *)&ss, &len) == 0)
-      h->family = ss.ss_family;
+    /* The family from the protocol, which an unbound socket has too. */
+    WSAPROTOCOL_INFOW info;
+    int len = sizeof(info);
+    if (getsockopt((SOCKET)fd, SOL_SOCKET, SO_PROTOCOL_INFOW, (char *)&info,
+                   &len) == 0)
+      h->family = (uint16_t)info.iAddressFamily;
+    /* A layered provider hands out its own handle; CancelIoEx must name
+     * the base provider's. */
+    SOCKET base;
+    DWORD bytes;
+    if (WSAIoctl((SOCKET)fd, SIO_BASE_HANDLE, NULL, 0, &base, sizeof(base),
+                 &bytes, NULL, NULL) == 0)
+      h->base = (px_fd)base;
     BOOL on = FALSE;
     len = sizeof(on);
     h->listening = getsockopt((SOCKET)fd, SOL_SOCKET, SO_ACCEPTCONN,
@@ -261,18 +289,25 @@ static void px__abuf_put(px__iocp *u, px__abuf *b) {
   u->afree = b;
 }
 
-/* A call's error.  Reading or writing a handle opened without that access
- * is EBADF on POSIX; Windows says ERROR_ACCESS_DENIED. */
-static int px__io_error(DWORD err) {
-  return err == ERROR_ACCESS_DENIED ? PX_EBADF : px__win_error(err);
+static bool px__is_read(const px_op *op);
+
+/* A data call's error as POSIX would give it: reading or writing a handle
+ * opened without that access is EBADF (Windows: ERROR_ACCESS_DENIED), and
+ * sending on a socket that is not connected EPIPE. */
+static int px__io_error(const px_op *op, DWORD err) {
+  if (err == ERROR_ACCESS_DENIED)
+    return PX_EBADF;
+  if (err == WSAENOTCONN && !px__is_read(op))
+    return PX_EPIPE;
+  return px__win_error(err);
 }
 
 /* The outcome of an overlapped call: 1 pending (a packet will come), 0 done
  * now with *bytes, or a PX_E* code (no packet). */
-static int px__outcome(BOOL ok, DWORD err, bool skip) {
+static int px__outcome(const px_op *op, BOOL ok, DWORD err, bool skip) {
   if (ok)
     return skip ? 0 : 1;
-  return err == ERROR_IO_PENDING ? 1 : px__io_error(err);
+  return err == ERROR_IO_PENDING ? 1 : px__io_error(op, err);
 }
 
 static int px__accept_start(px__iocp *u, px_op *op, px__ih *lh) {
@@ -299,7 +334,7 @@ static int px__accept_start(px__iocp *u, px_op *op, px__ih *lh) {
   DWORD bytes = 0;
   BOOL ok = u->accept_ex(l, s, b->addr, 0, PX__ADDR_LEN, PX__ADDR_LEN, &bytes,
                          &io->ov);
-  int r = px__outcome(ok, ok ? 0 : (DWORD)WSAGetLastError(), lh->skip);
+  int r = px__outcome(op, ok, ok ? 0 : (DWORD)WSAGetLastError(), lh->skip);
   if (r < 0) {
     closesocket(s);
     px__abuf_put(u, b);
@@ -332,7 +367,7 @@ static int px__connect_start(px__iocp *u, px_op *op, px__ih *h) {
   DWORD bytes = 0;
   BOOL ok = u->connect_ex(s, (const struct sockaddr *)(const void *)a->storage,
                           (int)a->len, NULL, 0, &bytes, &px__iop_of(op)->ov);
-  return px__outcome(ok, ok ? 0 : (DWORD)WSAGetLastError(), h->skip);
+  return px__outcome(op, ok, ok ? 0 : (DWORD)WSAGetLastError(), h->skip);
 }
 
 /* ---- Data transfers. --------------------------------------------------- */
@@ -346,24 +381,8 @@ static bool px__is_read(const px_op *op) {
          op->kind == PX__OP_RECV;
 }
 
-static int px__socket_start(px_op *op, px__ih *h, DWORD *bytes) {
-  enum { MAX_BUFS = 1024 };
-  WSABUF one, *bufs = &one;
-  WSABUF many[MAX_BUFS];
-  DWORD n = 1;
-  if (px__is_vec(op)) {
-    const px_iov *iov = op->buf;
-    n = op->len;
-    for (DWORD i = 0; i < n; i++) {
-      many[i].buf = iov[i].base;
-      many[i].len =
-          (ULONG)(iov[i].len > 0x7ffff000u ? 0x7ffff000u : iov[i].len);
-    }
-    bufs = many;
-  } else {
-    one.buf = op->buf;
-    one.len = op->len;
-  }
+/* WSARecv or WSASend on bufs: the call's error (0: finished at once). */
+static DWORD px__wsa(px_op *op, WSABUF *bufs, DWORD n, DWORD *bytes) {
   px__iop *io = px__iop_of(op);
   int r;
   if (px__is_read(op)) {
@@ -372,7 +391,49 @@ static int px__socket_start(px_op *op, px__ih *h, DWORD *bytes) {
   } else {
     r = WSASend((SOCKET)op->fd, bufs, n, bytes, 0, &io->ov, NULL);
   }
-  return px__outcome(r == 0, r == 0 ? 0 : (DWORD)WSAGetLastError(), h->skip);
+  return r == 0 ? 0 : (DWORD)WSAGetLastError();
+}
+
+/* A vector's WSABUF array lives only in this frame (Winsock copies it), so
+ * that the other ops do not pay for 16 KiB of stack. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static DWORD
+px__wsa_vec(px_op *op, DWORD *bytes, ULONG *total) {
+  WSABUF bufs[1024];
+  const px_iov *iov = op->buf;
+  size_t left = 0x7ffff000u; /* the result is an int32 */
+  *total = 0;
+  for (DWORD i = 0; i < op->len; i++) {
+    size_t len = iov[i].len < left ? iov[i].len : left;
+    bufs[i].buf = iov[i].base;
+    bufs[i].len = (ULONG)len;
+    left -= len;
+    *total += (ULONG)len;
+  }
+  return px__wsa(op, bufs, op->len, bytes);
+}
+
+static int px__socket_start(px_op *op, px__ih *h, DWORD *bytes) {
+  ULONG total = op->len;
+  DWORD err;
+  if (px__is_vec(op)) {
+    err = px__wsa_vec(op, bytes, &total);
+  } else {
+    WSABUF one = {.len = op->len, .buf = op->buf};
+    err = px__wsa(op, &one, 1, bytes);
+  }
+  /* A datagram longer than the buffer: the part that fits, as on POSIX.
+   * This is a warning status, so without the skip mode its packet still
+   * comes. */
+  if (err == WSAEMSGSIZE && px__is_read(op)) {
+    if (!h->skip)
+      return 1;
+    *bytes = total;
+    return 0;
+  }
+  return px__outcome(op, err == 0, err, h->skip);
 }
 
 /* The segment of a file or pipe op to move next; false when none is left. */
@@ -431,7 +492,7 @@ static int px__file_start(px_loop *loop, px_op *op, px__ih *h, DWORD *bytes) {
     *bytes = 0; /* end of file or of the pipe: a read of 0 */
     return 0;
   }
-  int r = px__outcome(ok, err, h->skip);
+  int r = px__outcome(op, ok, err, h->skip);
   if (r == 0)
     *bytes = (DWORD)io->ov.InternalHigh;
   return r;
@@ -455,6 +516,26 @@ static void px__pos_advance(px_loop *loop, px_op *op, px__ih *h, int32_t n) {
 }
 
 /* A file or pipe segment moved n bytes (or failed with res < 0). */
+/* Whether op may issue another call after one finished: not once it was
+ * cancelled (or timed out), nor while its handle or the loop closes. */
+static bool px__may_continue(px_loop *loop, px_op *op) {
+  px__fdent *e = px__fd_get(loop, op->fd);
+  return !px__iop_of(op)->stop && !loop->closing && e != NULL &&
+         e->closing == NULL;
+}
+
+/* A pipe read goes on to the next segment only while data is waiting, as
+ * readv(2) on a stream returns what is there. */
+static bool px__more_to_read(px_loop *loop, px_op *op) {
+  px__ih *h = px__ih_get(px__io(loop), op->fd);
+  if (!px__is_read(op) || h == NULL || h->kind == PX__H_FILE)
+    return true;
+  DWORD avail = 0;
+  return h->kind == PX__H_PIPE &&
+         PeekNamedPipe((HANDLE)op->fd, NULL, 0, NULL, &avail, NULL) &&
+         avail > 0;
+}
+
 static void px__file_step(px_loop *loop, px_op *op, int32_t res) {
   px__iop *io = px__iop_of(op);
   if (res < 0) {
@@ -469,7 +550,8 @@ static void px__file_step(px_loop *loop, px_op *op, int32_t res) {
   bool whole = (size_t)res == iov[io->seg].len;
   io->done += (uint64_t)res;
   io->seg++;
-  if (whole && res > 0 && !io->stop && px__kick_off(loop, op) == 0)
+  if (whole && res > 0 && px__may_continue(loop, op) &&
+      px__more_to_read(loop, op) && px__kick_off(loop, op) == 0)
     return; /* the next segment is on its way (or done) */
   px__finish(loop, op, (int32_t)io->done);
 }
@@ -490,6 +572,9 @@ static void px__accept_done(px_loop *loop, px_op *op, DWORD err) {
   SOCKET s = (SOCKET)op->off, l = (SOCKET)op->fd;
   px__abuf_put(u, (px__abuf *)(uintptr_t)io->done);
   int r = err ? px__win_error(err) : 0;
+  /* A client that went away before the accept (Windows says reset, wine
+   * "not connected"): wait for the next one, unless the op was stopped. */
+  bool gone = r == PX_ECONNRESET || r == PX_ENOTCONN || r == PX_ECONNABORTED;
   if (r == 0 && setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (char *)&l,
                            sizeof(l)) != 0)
     r = px__win_error(WSAGetLastError());
@@ -498,8 +583,9 @@ static void px__accept_done(px_loop *loop, px_op *op, DWORD err) {
   if (r < 0) {
     closesocket(s);
     op->off = PX_INVALID_FD;
-    /* A client that reset before the accept: wait for the next one. */
-    if (r == PX_ECONNRESET && !io->stop && px__kick_off(loop, op) == 0)
+    if (gone && !px__may_continue(loop, op))
+      r = PX_ECANCELED;
+    else if (gone && (r = px__kick_off(loop, op)) == 0)
       return;
   }
   px__finish(loop, op, r);
@@ -529,11 +615,19 @@ static void px__io_done(px_loop *loop, px_op *op, DWORD err, DWORD bytes) {
     err = 0; /* end of file or of the pipe */
     bytes = 0;
   }
-  int32_t res = err ? px__io_error(err) : (int32_t)bytes;
+  if (px__is_read(op) && (err == WSAEMSGSIZE || err == ERROR_MORE_DATA))
+    err = 0; /* a datagram cut to the buffer: bytes is what fitted */
+  int32_t res = err ? px__io_error(op, err) : (int32_t)bytes;
   if (sock)
     px__finish(loop, op, res);
   else
     px__file_step(loop, op, res);
+}
+
+/* Data on a listening socket: what POSIX says (Windows would queue a
+ * receive there, or refuse with another code). */
+static int px__not_connected(const px_op *op) {
+  return px__is_read(op) ? PX_ENOTCONN : PX_EPIPE;
 }
 
 /* Starts op's kernel call: 0 (a packet or the done list will report it),
@@ -558,12 +652,12 @@ static int px__kick_off(px_loop *loop, px_op *op) {
     case PX__OP_RECV:
     case PX__OP_SEND:
       r = h->kind != PX__H_SOCKET ? PX_ENOTSOCK
-          : h->listening          ? PX_ENOTCONN
+          : h->listening          ? px__not_connected(op)
                                   : px__socket_start(op, h, &bytes);
       break;
     default: /* read, write, readv, writev */
       r = h->kind != PX__H_SOCKET ? px__file_start(loop, op, h, &bytes)
-          : h->listening          ? PX_ENOTCONN
+          : h->listening          ? px__not_connected(op)
                                   : px__socket_start(op, h, &bytes);
       break;
   }
@@ -592,7 +686,10 @@ static VOID CALLBACK px__fsync_work(PTP_CALLBACK_INSTANCE inst, PVOID ctx) {
   HANDLE port = (HANDLE)(uintptr_t)io->done;
   io->res =
       FlushFileBuffers((HANDLE)op->fd) ? 0 : px__win_error(GetLastError());
-  PostQueuedCompletionStatus(port, 0, PX__KEY_FSYNC, &io->ov);
+  /* The post fails only when the system is short of memory for a moment;
+   * the op must still come back. */
+  while (!PostQueuedCompletionStatus(port, 0, PX__KEY_FSYNC, &io->ov))
+    Sleep(1);
 }
 
 static int px__fsync_start(px__iocp *u, px_op *op) {
@@ -631,14 +728,21 @@ static int px__iocp_submit(px_loop *loop, px_op *op) {
   }
 }
 
+static HANDLE px__cancel_handle(px__iocp *u, px_fd fd) {
+  px__ih *h = px__ih_get(u, fd);
+  return (HANDLE)(h != NULL ? h->base : fd);
+}
+
 static void px__iocp_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   px__iop *io = px__iop_of(target);
   int32_t res;
+  io->stop = 1; /* a vector or an accept issues no further call */
   switch (io->where) {
     case PX__I_IO:
-      io->stop = 1;
       /* ERROR_NOT_FOUND: it finished, its packet is on the way. */
-      res = CancelIoEx((HANDLE)target->fd, &io->ov) ? 0 : PX_ENOENT;
+      res = CancelIoEx(px__cancel_handle(px__io(loop), target->fd), &io->ov)
+                ? 0
+                : PX_ENOENT;
       break;
     case PX__I_FSYNC:
       res = PX_EALREADY;
@@ -653,14 +757,16 @@ static void px__iocp_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
 }
 
 static void px__iocp_cancel_fd(px_loop *loop, px_fd fd) {
-  (void)loop;
-  CancelIoEx((HANDLE)fd, NULL); /* every call on the handle, any thread */
+  /* Every call on the handle, from any thread.  A call that already
+   * finished (its packet queued, or on the done list) issues no further
+   * one: px__may_continue sees the handle closing. */
+  CancelIoEx(px__cancel_handle(px__io(loop), fd), NULL);
 }
 
 static void px__iocp_cancel_all(px_loop *loop) {
   for (size_t i = 0; i < loop->nfds; i++)
     if (loop->fds[i].known && loop->fds[i].started > 0)
-      CancelIoEx((HANDLE)px__fd_at(i), NULL);
+      CancelIoEx(px__cancel_handle(px__io(loop), px__fd_at(i)), NULL);
 }
 
 /* Results known without a packet, in the order they were found. */

@@ -56,6 +56,9 @@ int px__win_error(unsigned long err) {
     case ERROR_NOT_ENOUGH_MEMORY:
     case ERROR_OUTOFMEMORY:
     case ERROR_NO_SYSTEM_RESOURCES:
+    case ERROR_NOT_ENOUGH_QUOTA:
+    case ERROR_WORKING_SET_QUOTA:
+    case ERROR_INVALID_USER_BUFFER: /* too many requests outstanding */
       return PX_ENOMEM;
     case ERROR_INSUFFICIENT_BUFFER:
     case WSAENOBUFS:

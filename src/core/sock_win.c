@@ -205,6 +205,31 @@ int px_tcp_socket(px_loop *loop, const px_addr *addr, px_fd *out) {
   return px__own(loop, (px_fd)s, true, out);
 }
 
+/* Accepts on l the connection whose other end is c: another local process
+ * may connect to the short-lived listener first. */
+static SOCKET px__accept_from(SOCKET l, SOCKET c) {
+  SOCKADDR_IN mine, peer;
+  int len = sizeof(mine);
+  if (getsockname(c, (struct sockaddr *)&mine, &len) != 0)
+    return INVALID_SOCKET;
+  for (int tries = 0; tries < 16; tries++) {
+    len = sizeof(peer);
+    SOCKET s = accept(l, (struct sockaddr *)&peer, &len);
+    if (s == INVALID_SOCKET)
+      return s;
+    if (peer.sin_port == mine.sin_port &&
+        peer.sin_addr.s_addr == mine.sin_addr.s_addr) {
+      BOOL on = TRUE; /* an in-process channel: no Nagle delay */
+      setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&on, sizeof(on));
+      setsockopt(c, IPPROTO_TCP, TCP_NODELAY, (const char *)&on, sizeof(on));
+      return s;
+    }
+    closesocket(s);
+  }
+  WSASetLastError(WSAECONNREFUSED);
+  return INVALID_SOCKET;
+}
+
 /* A connected TCP pair over 127.0.0.1 (blocking calls, before the loop
  * knows the sockets). */
 static int px__tcp_pair(SOCKET *a, SOCKET *b) {
@@ -218,7 +243,7 @@ static int px__tcp_pair(SOCKET *a, SOCKET *b) {
       getsockname(l, (struct sockaddr *)&addr, &len) != 0 ||
       listen(l, 1) != 0 || (r = px__socket(AF_INET, &c)) < 0 ||
       connect(c, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
-      (s = accept(l, NULL, NULL)) == INVALID_SOCKET) {
+      (s = px__accept_from(l, c)) == INVALID_SOCKET) {
     if (r == 0)
       r = px__win_error(WSAGetLastError());
     if (c != INVALID_SOCKET)

@@ -683,3 +683,24 @@ void fsync_of_a_read_only_handle_is_refused_with_ebadf(void **state) {
   assert_int_equal(remove(path), 0);
   finish(loop);
 }
+
+/* readv on a stream returns what is waiting, as readv(2) does; it does not
+ * wait to fill its later segments. */
+void pipe_readv_returns_what_is_waiting(void **state) {
+  px_loop *loop = new_loop();
+  px_fd p[2];
+  char a[4], b[100];
+  px_iov in[2] = {{a, sizeof(a)}, {b, sizeof(b)}};
+  px_op op = {0};
+  rec r = {0};
+  (void)state;
+  assert_int_equal(px_pipe(loop, p), 0);
+  assert_int_equal(sync_write(loop, p[1], "head", 4, PX_CUR), 4);
+  assert_int_equal(px_readv(loop, &op, p[0], in, 2, PX_CUR, rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 5000);
+  assert_int_equal(r.result, 4);
+  assert_memory_equal(a, "head", 4);
+  close_fd(loop, p[0]);
+  close_fd(loop, p[1]);
+  finish(loop);
+}

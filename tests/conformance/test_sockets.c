@@ -1095,3 +1095,33 @@ void read_on_a_pipe_write_end_fails_at_once_with_ebadf(void **state) {
   close_fd(loop, p[1]);
   finish(loop);
 }
+
+/* A datagram longer than the buffer is cut to it (the rest is dropped),
+ * and the recv reports what it got. */
+void datagram_longer_than_the_buffer_is_cut_to_it(void **state) {
+  px_loop *loop = new_loop();
+  px_fd u[2];
+  char buf[2], next[8];
+  (void)state;
+  assert_int_equal(pt_udp_pair(u), 0);
+  assert_int_equal(px_adopt(loop, u[0]), 0);
+  assert_int_equal(pt_raw_send(u[1], "abcdef", 6), 6);
+  assert_int_equal(pt_raw_send(u[1], "gh", 2), 2);
+  assert_int_equal(sync_recv(loop, u[0], buf, sizeof(buf)), 2);
+  assert_memory_equal(buf, "ab", 2);
+  assert_int_equal(sync_recv(loop, u[0], next, sizeof(next)), 2);
+  assert_memory_equal(next, "gh", 2);
+  close_fd(loop, u[0]);
+  pt_raw_close(u[1]);
+  finish(loop);
+}
+
+void send_on_a_listener_fails_with_epipe(void **state) {
+  px_loop *loop = new_loop();
+  int port;
+  px_fd l = tcp_listener(loop, &port);
+  (void)state;
+  assert_int_equal(sync_send(loop, l, "x", 1), PX_EPIPE);
+  close_fd(loop, l);
+  finish(loop);
+}
