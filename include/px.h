@@ -282,6 +282,53 @@ PX_API int px_fd_close_reset(px_loop *loop, px_fd fd);
 /* Shut down the write side (sends a FIN). */
 PX_API int px_shutdown_write(px_fd fd);
 
+/* ---- Pools. ------------------------------------------------------------ */
+
+/*
+ * A buffer pool: count buffers of size bytes in one slab, made once; get
+ * and release are O(1) and allocate nothing.  A pool belongs to one loop
+ * (its thread, like the loop's other calls).  count is 1..32768.
+ */
+typedef struct px_bufpool px_bufpool;
+typedef struct px_pool_stats {
+  uint32_t capacity;   /* buffers (or slots) in the pool */
+  uint32_t in_use;     /* handed out now */
+  uint32_t high_water; /* the most ever handed out at once */
+  uint64_t exhausted;  /* gets that found the pool empty */
+} px_pool_stats;
+PX_API int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
+                          px_bufpool **out);
+/* PX_EBUSY while buffers are handed out (nothing is freed then). */
+PX_API int px_bufpool_free(px_bufpool *pool);
+PX_API uint32_t px_bufpool_size(const px_bufpool *pool);
+/* A buffer, or NULL when all are handed out (counted in exhausted). */
+PX_API void *px_buf_get(px_bufpool *pool);
+/* 0, or PX_EINVAL for a pointer that is not a handed-out buffer of pool
+ * (released twice, or foreign): nothing changes then. */
+PX_API int px_buf_release(px_bufpool *pool, void *buf);
+PX_API void px_bufpool_stats(const px_bufpool *pool, px_pool_stats *out);
+
+/*
+ * A connection pool: capacity objects of obj_size bytes in one slab.  An
+ * object is named by a px_conn_id that carries a generation: once the slot
+ * is released, every id of the old generation is stale, so a late
+ * completion that still holds it finds NULL instead of the slot's next
+ * owner.  A full pool is backpressure: px_conn_get returns NULL.
+ */
+typedef struct px_connpool px_connpool;
+typedef uint64_t px_conn_id; /* 0 is never a valid id */
+PX_API int px_connpool_new(uint32_t capacity, size_t obj_size,
+                           px_connpool **out);
+/* PX_EBUSY while objects are handed out. */
+PX_API int px_connpool_free(px_connpool *pool);
+/* A zeroed object and its id, or NULL when the pool is full. */
+PX_API void *px_conn_get(px_connpool *pool, px_conn_id *id);
+/* The object of id, or NULL if id is stale (released since) or bogus. */
+PX_API void *px_conn_lookup(const px_connpool *pool, px_conn_id id);
+/* 0, or PX_ENOENT for a stale or bogus id (nothing changes then). */
+PX_API int px_conn_release(px_connpool *pool, px_conn_id id);
+PX_API void px_connpool_stats(const px_connpool *pool, px_pool_stats *out);
+
 /* ---- Allocation. ------------------------------------------------------ */
 
 /* Replace the allocator px uses (only at setup, never on the submit or

@@ -1,0 +1,226 @@
+/*
+ * Buffer and connection pools: fixed slabs made once, a stack of free
+ * indices, O(1) get and release, nothing allocated after creation.  Each
+ * slot has a state word, so a release of something that is not handed out
+ * is refused instead of corrupting the free stack.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* The free-index stack and counters both pools share. */
+typedef struct px__slots {
+  uint32_t *free_; /* indices of free slots, top at nfree - 1 */
+  uint32_t nfree, capacity, high_water;
+  uint64_t exhausted;
+} px__slots;
+
+static int px__slots_init(px__slots *s, uint32_t capacity) {
+  s->free_ = px__malloc((size_t)capacity * sizeof(*s->free_));
+  if (s->free_ == NULL)
+    return PX_ENOMEM;
+  for (uint32_t i = 0; i < capacity; i++)
+    s->free_[i] = capacity - 1 - i; /* slot 0 comes out first */
+  s->nfree = s->capacity = capacity;
+  s->high_water = 0;
+  s->exhausted = 0;
+  return 0;
+}
+
+/* A free slot's index, or UINT32_MAX when none is left. */
+static uint32_t px__slots_take(px__slots *s) {
+  if (s->nfree == 0) {
+    s->exhausted++;
+    return UINT32_MAX;
+  }
+  uint32_t i = s->free_[--s->nfree];
+  uint32_t in_use = s->capacity - s->nfree;
+  if (in_use > s->high_water)
+    s->high_water = in_use;
+  return i;
+}
+
+static void px__slots_put(px__slots *s, uint32_t i) {
+  s->free_[s->nfree++] = i;
+}
+
+static void px__slots_stats(const px__slots *s, px_pool_stats *out) {
+  out->capacity = s->capacity;
+  out->in_use = s->capacity - s->nfree;
+  out->high_water = s->high_water;
+  out->exhausted = s->exhausted;
+}
+
+/* ---- Buffers. ---------------------------------------------------------- */
+
+struct px_bufpool {
+  px_loop *loop;
+  unsigned char *slab;
+  uint8_t *out; /* per buffer: handed out */
+  uint32_t size;
+  px__slots slots;
+};
+
+int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
+                   px_bufpool **out) {
+  if (out != NULL)
+    *out = NULL;
+  if (loop == NULL || out == NULL || count == 0 || count > 32768 || size == 0 ||
+      (uint64_t)count * size > ((uint64_t)1 << 40))
+    return PX_EINVAL;
+  px_bufpool *p = px__calloc(1, sizeof(*p));
+  if (p == NULL)
+    return PX_ENOMEM;
+  p->loop = loop;
+  p->size = size;
+  p->slab = px__malloc((size_t)count * size);
+  p->out = px__calloc(count, 1);
+  if (p->slab == NULL || p->out == NULL ||
+      px__slots_init(&p->slots, count) < 0) {
+    px__free(p->slab);
+    px__free(p->out);
+    px__free(p);
+    return PX_ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+int px_bufpool_free(px_bufpool *pool) {
+  if (pool == NULL)
+    return PX_EINVAL;
+  if (pool->slots.nfree != pool->slots.capacity)
+    return PX_EBUSY;
+  px__free(pool->slots.free_);
+  px__free(pool->slab);
+  px__free(pool->out);
+  px__free(pool);
+  return 0;
+}
+
+uint32_t px_bufpool_size(const px_bufpool *pool) {
+  return pool != NULL ? pool->size : 0;
+}
+
+void *px_buf_get(px_bufpool *pool) {
+  if (pool == NULL)
+    return NULL;
+  uint32_t i = px__slots_take(&pool->slots);
+  if (i == UINT32_MAX)
+    return NULL;
+  pool->out[i] = 1;
+  return pool->slab + (size_t)i * pool->size;
+}
+
+int px_buf_release(px_bufpool *pool, void *buf) {
+  if (pool == NULL || buf == NULL)
+    return PX_EINVAL;
+  uintptr_t base = (uintptr_t)pool->slab, at = (uintptr_t)buf;
+  if (at < base || (at - base) % pool->size != 0)
+    return PX_EINVAL;
+  size_t i = (at - base) / pool->size;
+  if (i >= pool->slots.capacity || !pool->out[i])
+    return PX_EINVAL;
+  pool->out[i] = 0;
+  px__slots_put(&pool->slots, (uint32_t)i);
+  return 0;
+}
+
+void px_bufpool_stats(const px_bufpool *pool, px_pool_stats *out) {
+  if (pool != NULL && out != NULL)
+    px__slots_stats(&pool->slots, out);
+}
+
+/* ---- Connections. ------------------------------------------------------ */
+
+/* A slot's generation is odd while handed out, even while free: an id
+ * names one handing-out of one slot, and stays stale for good after it
+ * (until the 32-bit generation wraps, 2^31 reuses of that slot later). */
+struct px_connpool {
+  unsigned char *slab;
+  uint32_t *gen;
+  size_t stride, obj_size;
+  px__slots slots;
+};
+
+int px_connpool_new(uint32_t capacity, size_t obj_size, px_connpool **out) {
+  if (out != NULL)
+    *out = NULL;
+  if (out == NULL || capacity == 0 || capacity > (1u << 24) || obj_size == 0 ||
+      obj_size > ((size_t)1 << 24))
+    return PX_EINVAL;
+  px_connpool *p = px__calloc(1, sizeof(*p));
+  if (p == NULL)
+    return PX_ENOMEM;
+  p->obj_size = obj_size;
+  p->stride = (obj_size + 15) & ~(size_t)15; /* max_align_t on common ABIs */
+  p->slab = px__malloc(capacity * p->stride);
+  p->gen = px__calloc(capacity, sizeof(*p->gen));
+  if (p->slab == NULL || p->gen == NULL ||
+      px__slots_init(&p->slots, capacity) < 0) {
+    px__free(p->slab);
+    px__free(p->gen);
+    px__free(p);
+    return PX_ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+int px_connpool_free(px_connpool *pool) {
+  if (pool == NULL)
+    return PX_EINVAL;
+  if (pool->slots.nfree != pool->slots.capacity)
+    return PX_EBUSY;
+  px__free(pool->slots.free_);
+  px__free(pool->slab);
+  px__free(pool->gen);
+  px__free(pool);
+  return 0;
+}
+
+static px_conn_id px__conn_id(uint32_t index, uint32_t gen) {
+  return ((px_conn_id)gen << 32) | (px_conn_id)(index + 1);
+}
+
+void *px_conn_get(px_connpool *pool, px_conn_id *id) {
+  if (pool == NULL || id == NULL)
+    return NULL;
+  *id = 0;
+  uint32_t i = px__slots_take(&pool->slots);
+  if (i == UINT32_MAX)
+    return NULL;
+  pool->gen[i]++; /* even -> odd: handed out */
+  *id = px__conn_id(i, pool->gen[i]);
+  void *obj = pool->slab + (size_t)i * pool->stride;
+  memset(obj, 0, pool->obj_size);
+  return obj;
+}
+
+/* The slot of a live id, or UINT32_MAX. */
+static uint32_t px__conn_slot(const px_connpool *pool, px_conn_id id) {
+  uint32_t low = (uint32_t)id, gen = (uint32_t)(id >> 32);
+  if (pool == NULL || low == 0 || low > pool->slots.capacity)
+    return UINT32_MAX;
+  uint32_t i = low - 1;
+  return (gen & 1u) && pool->gen[i] == gen ? i : UINT32_MAX;
+}
+
+void *px_conn_lookup(const px_connpool *pool, px_conn_id id) {
+  uint32_t i = px__conn_slot(pool, id);
+  return i == UINT32_MAX ? NULL : pool->slab + (size_t)i * pool->stride;
+}
+
+int px_conn_release(px_connpool *pool, px_conn_id id) {
+  uint32_t i = px__conn_slot(pool, id);
+  if (i == UINT32_MAX)
+    return PX_ENOENT;
+  pool->gen[i]++; /* odd -> even: every id of the old generation is stale */
+  px__slots_put(&pool->slots, i);
+  return 0;
+}
+
+void px_connpool_stats(const px_connpool *pool, px_pool_stats *out) {
+  if (pool != NULL && out != NULL)
+    px__slots_stats(&pool->slots, out);
+}
