@@ -19,16 +19,21 @@
  *   request while the thread sleeps, the loop writes one byte to a pipe on
  *   which the thread keeps an aio_read outstanding (the "sentinel"): that
  *   request finishing ends the aio_suspend.  The sentinel occupies one of
- *   libc's AIO worker threads per loop for as long as the loop does file
- *   I/O.  Only the completion thread touches aiocbs, so a slot is never
- *   reused while aio_suspend may still look at it.
+ *   libc's AIO worker threads while the loop has file I/O in flight; the
+ *   thread ends it before it goes idle, so idle loops hold none.  libc's
+ *   workers are limited (glibc: 20, raised to 256 below when px makes the
+ *   process's first AIO request), which bounds how many loops can have
+ *   file I/O in flight at once.  Only the completion thread touches
+ *   aiocbs, so a slot is never reused while aio_suspend may look at it.
  * - glibc runs the requests on one descriptor one after the other, on one
- *   worker thread.  For parallel requests on one file the backend dup()s
- *   the descriptor ("lanes", up to 32 per file, made when a request finds
- *   every lane busy and closed with the handle) and, on glibc, raises the
- *   worker-thread limit with aio_init (a GNU extension, so not in the
- *   plain-POSIX poll build; it only counts before the process's first AIO
- *   request).  On page-cache reads parallel requests cost more in thread
+ *   worker thread, and a cancelled first request can leave the next one
+ *   on that descriptor queued but never run (glibc 2.36).  So each
+ *   descriptor carries at most one request: for parallel requests on one
+ *   file the backend dup()s the descriptor ("lanes", up to 32 per file,
+ *   made on demand and closed with the handle); a 33rd op waits on the
+ *   loop side for a lane to free.  On glibc the worker-thread limit is
+ *   raised with aio_init (a GNU extension, so not in the plain-POSIX poll
+ *   build).  On page-cache reads parallel requests cost more in thread
  *   hand-offs than they gain; on a device they are what gives the depth.
  * - POSIX AIO has no vectored request: readv/writev run their segments
  *   one after the other, and a short segment ends the op (a short read or
@@ -36,7 +41,9 @@
  * - There is no "current position" request either: an op at PX_CUR reads
  *   the handle's position with lseek when it starts and moves it when it
  *   completes (to the end of the file after an O_APPEND write).  The core
- *   runs one such op per direction at a time.
+ *   runs one such op per direction at a time; a read and a write at
+ *   PX_CUR in flight together both start from the same position (io_uring
+ *   races there too).
  * - aiocbs are large (160+ bytes), so they live in a slab made with the
  *   thread, not in px_op.  Ops beyond the slab wait in the queue; a request
  *   libc refuses with EAGAIN waits for the next completion (also between
@@ -73,7 +80,13 @@ struct px__lanes {
 };
 
 /* Where an op handed to the thread is (px__paop.phase, under mu). */
-enum { PX__PH_TODO = 1, PX__PH_SLOT, PX__PH_RETRY, PX__PH_DONE };
+enum {
+  PX__PH_LANE = 1, /* on the loop side: waits for a free lane of its file */
+  PX__PH_TODO,     /* handed over, not started */
+  PX__PH_SLOT,     /* its request is in flight */
+  PX__PH_RETRY,    /* refused by libc for now (EAGAIN) */
+  PX__PH_DONE      /* finished, on its way back */
+};
 
 typedef struct px__aslot {
   struct aiocb cb;
@@ -111,6 +124,15 @@ struct px__aio {
 
 /* ---- The completion thread. -------------------------------------------- */
 
+/* One byte for the sentinel, which reads one. */
+static void px__kick(px__aio *a) {
+  char one = 1;
+  a->kicked = true;
+  while (write(a->kick_w, &one, 1) < 0 && errno == EINTR) {
+  }
+}
+
+
 static bool px__is_vec(const px_op *op) {
   return op->kind == PX__OP_READV || op->kind == PX__OP_WRITEV;
 }
@@ -145,7 +167,7 @@ static int px__aio_call(px_op *op, struct aiocb *cb) {
       return aio_write(cb);
     default:   /* PX__OP_FSYNC */
 #ifdef O_DSYNC /* POSIX's optional synchronized I/O */
-      return aio_fsync((op->flags & PX__F_DATASYNC) ? O_DSYNC : O_SYNC, cb);
+      return aio_fsync(px__pa_op(op)->datasync ? O_DSYNC : O_SYNC, cb);
 #else
       return aio_fsync(O_SYNC, cb);
 #endif
@@ -210,8 +232,13 @@ static void px__start_all(px__aio *a, bool *note) {
   px__fifo again = a->retry;
   a->retry = (px__fifo){0};
   px_op *op;
-  while (a->nfree > 0 && (op = px__fifo_pop(&again)) != NULL)
+  while ((op = px__fifo_pop(&again)) != NULL) {
+    if (a->nfree == 0 && !px__pa_op(op)->stop) {
+      px__fifo_push(&a->retry, op); /* a cancelled one ends at once */
+      continue;
+    }
     px__start_one(a, op, note);
+  }
   while ((op = px__fifo_pop(&again)) != NULL)
     px__fifo_push(&a->retry, op);
   while (a->nfree > 0 && (op = px__fifo_pop(&a->todo)) != NULL)
@@ -291,6 +318,21 @@ static void px__disarm_if_done(px__aio *a) {
   }
 }
 
+/* Ends the sentinel's read, so that an idle loop holds none of libc's
+ * worker threads (their number is limited: 20 by default).  Called and
+ * returns with mu. */
+static void px__release_sentinel(px__aio *a) {
+  if (!a->kicked)
+    px__kick(a);
+  while (a->armed) {
+    const struct aiocb *s = &a->sentinel;
+    pthread_mutex_unlock(&a->mu);
+    aio_suspend(&s, 1, NULL);
+    pthread_mutex_lock(&a->mu);
+    px__disarm_if_done(a);
+  }
+}
+
 /* Sleeps in aio_suspend on the requests in flight and the sentinel (or on
  * cv when there is nothing to wait for).  Called and returns with mu. */
 static void px__sleep(px__aio *a) {
@@ -298,6 +340,10 @@ static void px__sleep(px__aio *a) {
   for (uint32_t k = 0; k < a->nbusy; k++)
     a->list[n++] = &a->slots[a->busy[k]].cb;
   if (n == 0 && (a->todo.head == NULL || a->nfree == 0)) {
+    if (a->armed) {
+      px__release_sentinel(a);
+      return; /* look for work again before sleeping */
+    }
     a->idle = true;
     pthread_cond_wait(&a->cv, &a->mu);
     a->idle = false;
@@ -332,14 +378,8 @@ static void *px__aio_main(void *arg) {
       px__sleep(a);
   }
   /* The loop stops the thread with nothing in flight: only the sentinel
-   * may be left, and its byte is on the way (px__aio_free wrote it). */
-  while (a->armed) {
-    const struct aiocb *s = &a->sentinel;
-    pthread_mutex_unlock(&a->mu);
-    aio_suspend(&s, 1, NULL);
-    pthread_mutex_lock(&a->mu);
-    px__disarm_if_done(a);
-  }
+   * may be left. */
+  px__release_sentinel(a);
   pthread_mutex_unlock(&a->mu);
   return NULL;
 }
@@ -348,18 +388,16 @@ static void *px__aio_main(void *arg) {
 
 /* Gets the thread going after new work or a cancellation (with mu). */
 static void px__nudge(px__aio *a) {
-  if (a->idle) {
+  if (a->idle)
     pthread_cond_signal(&a->cv);
-  } else if (a->suspended && !a->kicked) {
-    a->kicked = true;
-    px__pa_wake_post(a->kick_w);
-  }
+  else if (a->suspended && !a->kicked)
+    px__kick(a);
 }
 
 static void px__aio_tune(void) {
 #if defined(__GLIBC__) && defined(_GNU_SOURCE)
   /* Threads are made on demand: a high limit costs nothing unused, and
-   * each loop's sentinel holds one. */
+   * each busy loop's sentinel holds one. */
   struct aioinit init = {
       .aio_threads = 256, .aio_num = 256, .aio_idle_time = 1};
   aio_init(&init);
@@ -470,10 +508,8 @@ void px__aio_free(px__pa *pa) {
   a->stop = true;
   if (a->idle)
     pthread_cond_signal(&a->cv);
-  if (a->armed && !a->kicked) {
-    a->kicked = true;
-    px__pa_wake_post(a->kick_w);
-  }
+  if (a->armed && !a->kicked)
+    px__kick(a);
   pthread_mutex_unlock(&a->mu);
   pthread_join(a->thread, NULL);
   pthread_cond_destroy(&a->cv);
@@ -490,6 +526,10 @@ int px__aio_notify_fd(const px__pa *pa) {
 
 /* ---- Lanes: descriptors of one file that libc runs in parallel. -------- */
 
+/* A lane of fd with no request on it (made if needed), or -1 when all
+ * PX__LANES are busy (or no more can be made): glibc must never hold two
+ * requests of one descriptor, because a cancelled first request can leave
+ * the second one queued behind it and never run (glibc 2.36). */
 static int px__lane_pick(px__pfd *f, int fd, uint8_t *lane) {
   *lane = 0;
   if (f->lanes == NULL) {
@@ -497,44 +537,39 @@ static int px__lane_pick(px__pfd *f, int fd, uint8_t *lane) {
       return fd;
     f->lanes = px__calloc(1, sizeof(*f->lanes));
     if (f->lanes == NULL)
-      return fd; /* serial, but it works */
+      return -1; /* one at a time, but it works */
     f->lanes->fd[0] = fd;
-    f->lanes->busy[0] = f->aio_busy;
+    f->lanes->busy[0] = 1;
     f->lanes->n = 1;
   }
   px__lanes *l = f->lanes;
-  uint8_t best = 0;
   for (uint8_t i = 0; i < l->n; i++) {
     if (l->busy[i] == 0) {
       *lane = i;
       return l->fd[i];
     }
-    if (l->busy[i] < l->busy[best])
-      best = i;
   }
-  if (l->n < PX__LANES) {
-    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (d >= 0) {
-      l->fd[l->n] = d;
-      l->busy[l->n] = 0;
-      *lane = l->n++;
-      return d;
-    }
-  }
-  *lane = best;
-  return l->fd[best];
+  if (l->n == PX__LANES)
+    return -1;
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0)
+    return -1;
+  l->fd[l->n] = d;
+  l->busy[l->n] = 0;
+  *lane = l->n++;
+  return d;
 }
 
 static void px__lane_take(px__pfd *f, uint8_t lane) {
   f->aio_busy++;
   if (f->lanes != NULL)
-    f->lanes->busy[lane]++;
+    f->lanes->busy[lane] = 1;
 }
 
 static void px__lane_drop(px__pfd *f, uint8_t lane) {
   f->aio_busy--;
   if (f->lanes != NULL)
-    f->lanes->busy[lane]--;
+    f->lanes->busy[lane] = 0;
 }
 
 void px__aio_release_fd(px__pa *pa, px__pfd *f) {
@@ -548,6 +583,23 @@ void px__aio_release_fd(px__pa *pa, px__pfd *f) {
 }
 
 /* ---- Submission and completion on the loop. ---------------------------- */
+
+/* Gives op a lane of its file and hands it to the thread; false when no
+ * lane is free. */
+static bool px__hand_over(px__aio *a, px__pfd *f, px_op *op) {
+  px__paop *po = px__pa_op(op);
+  int lane_fd = px__lane_pick(f, (int)op->fd, &po->lane);
+  if (lane_fd < 0)
+    return false;
+  po->lane_fd = lane_fd;
+  px__lane_take(f, po->lane);
+  pthread_mutex_lock(&a->mu);
+  po->phase = PX__PH_TODO;
+  px__fifo_push(&a->todo, op);
+  px__nudge(a);
+  pthread_mutex_unlock(&a->mu);
+  return true;
+}
 
 int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
   if (pa->aio == NULL) {
@@ -566,14 +618,12 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
       return px__errno(errno);
     po->pos = pos;
   }
-  po->lane_fd = px__lane_pick(f, (int)op->fd, &po->lane);
-  px__lane_take(f, po->lane);
+  po->datasync = (op->flags & PX__F_DATASYNC) != 0;
   po->where = PX__W_AIO;
-  pthread_mutex_lock(&a->mu);
-  po->phase = PX__PH_TODO;
-  px__fifo_push(&a->todo, op);
-  px__nudge(a);
-  pthread_mutex_unlock(&a->mu);
+  if (f->lane_wait.head != NULL || !px__hand_over(a, f, op)) {
+    po->phase = PX__PH_LANE; /* every lane of the file is busy */
+    px__fifo_push(&f->lane_wait, op);
+  }
   return 0;
 }
 
@@ -593,8 +643,18 @@ static void px__aio_complete(px_loop *loop, px__pa *pa, px_op *op,
                              int32_t res) {
   px__paop *po = px__pa_op(op);
   px__pfd *f = px__pa_fd(pa, (int)op->fd);
-  if (f != NULL)
+  if (f != NULL && po->phase != PX__PH_LANE) {
     px__lane_drop(f, po->lane);
+    /* The freed lane goes to the next op waiting on this file (off its
+     * queue first: both queues link through op->next). */
+    px_op *next = px__fifo_pop(&f->lane_wait);
+    if (next != NULL && !px__hand_over(pa->aio, f, next)) {
+      next->next = f->lane_wait.head; /* cannot happen: a lane is free */
+      f->lane_wait.head = next;
+      if (f->lane_wait.tail == NULL)
+        f->lane_wait.tail = next;
+    }
+  }
   po->where = PX__W_NONE;
   if (op->off == PX_CUR && op->kind != PX__OP_FSYNC && res > 0)
     px__pos_advance(op, res);
@@ -641,9 +701,25 @@ static void px__complete_now(px_loop *loop, px__pa *pa, px__fifo *now) {
     px__aio_complete(loop, pa, op, px__pa_op(op)->res);
 }
 
+/* Takes the ops of f still waiting for a lane into now, cancelled. */
+static void px__lane_wait_cancel(px__pfd *f, px__fifo *now) {
+  px_op *op;
+  while ((op = px__fifo_pop(&f->lane_wait)) != NULL) {
+    px__pa_op(op)->res = PX_ECANCELED;
+    px__fifo_push(now, op);
+  }
+}
+
 int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op) {
   px__aio *a = pa->aio;
   px__fifo now = {0};
+  if (px__pa_op(op)->phase == PX__PH_LANE) {
+    px__fifo_remove(&px__pa_fd(pa, (int)op->fd)->lane_wait, op);
+    px__pa_op(op)->res = PX_ECANCELED;
+    px__fifo_push(&now, op);
+    px__complete_now(loop, pa, &now);
+    return 0;
+  }
   pthread_mutex_lock(&a->mu);
   int32_t r = px__mark(a, op, &now);
   px__nudge(a);
@@ -658,6 +734,9 @@ static void px__aio_cancel_where(px_loop *loop, px__pa *pa, int fd) {
   if (a == NULL)
     return;
   px__fifo now = {0};
+  for (size_t i = 0; i < pa->nfds; i++)
+    if (pa->fds[i].used && (fd < 0 || (int)i == fd))
+      px__lane_wait_cancel(&pa->fds[i], &now);
   pthread_mutex_lock(&a->mu);
   px__fifo todo = a->todo;
   a->todo = (px__fifo){0};

@@ -23,7 +23,7 @@ enum px__where {
 typedef struct PX__MAY_ALIAS px__paop {
   int64_t pos;   /* PX_CUR file ops: the handle's position at the start */
   uint64_t done; /* vector file ops: bytes moved by earlier segments */
-  int32_t res;   /* PX__W_DONE: the result */
+  int32_t res;   /* the result, once known (PX__W_DONE, or from the thread) */
   uint32_t slot; /* PX__W_AIO: index in the aiocb slab */
   uint32_t seg;  /* vector file ops: the segment in flight */
   uint8_t where;
@@ -32,6 +32,7 @@ typedef struct PX__MAY_ALIAS px__paop {
   uint8_t phase;       /* PX__W_AIO: where the completion thread has it */
   uint8_t stop;        /* cancel asked: the thread cancels or ends it */
   uint8_t cancel_sent; /* the thread called aio_cancel for it */
+  uint8_t datasync;    /* fsync: data only (read by the thread) */
 } px__paop;
 
 _Static_assert(sizeof(px__paop) <= sizeof(((px_op *)0)->backend),
@@ -48,7 +49,8 @@ typedef struct px__pfd {
   px__fifo q[2];      /* ops waiting for readiness: [0] read, [1] write */
   px__lanes *lanes;   /* a file's extra descriptors for parallel AIO */
   int32_t run_next;   /* link of the run list, -1 at its end */
-  uint16_t aio_busy;  /* AIO requests in flight on the fd itself */
+  uint16_t aio_busy;  /* AIO requests in flight on all its lanes */
+  px__fifo lane_wait; /* file ops waiting for a free lane */
   uint8_t ready;      /* PX__IN|PX__OUT: no call said EAGAIN since */
   uint8_t watched;    /* the interest the poller has */
   uint8_t on_run;     /* on the run list */
@@ -86,7 +88,7 @@ int px__pa_wake_post(int fd);
 
 /* aio_file.c */
 int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op);
-/* 0 when a cancellation reached op, PX_EALREADY when it runs on. */
+/* 0 when a cancellation reached op, PX_ENOENT when its result is known. */
 int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op);
 void px__aio_cancel_fd(px_loop *loop, px__pa *pa, int fd);
 void px__aio_cancel_all(px_loop *loop, px__pa *pa);

@@ -704,3 +704,37 @@ void pipe_readv_returns_what_is_waiting(void **state) {
   close_fd(loop, p[1]);
   finish(loop);
 }
+
+/* More reads on one handle than a backend may run at once, with deadlines
+ * on half of them: each completes exactly once, whole or timed out. */
+void many_file_reads_with_deadlines_on_one_handle_each_complete_once(
+    void **state) {
+  enum { N = 96 };
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = block_file(loop, path, sizeof(path));
+  fread_op *ops = calloc(N, sizeof(*ops));
+  (void)state;
+  assert_non_null(ops);
+  for (int i = 0; i < N; i++) {
+    if (i % 2)
+      assert_int_equal(px_op_deadline(&ops[i].op, 1), 0);
+    assert_int_equal(px_read(loop, &ops[i].op, fd, ops[i].buf, BLOCK,
+                             (int64_t)(i % FILE_OPS) * BLOCK, rec_cb,
+                             &ops[i].r),
+                     0);
+  }
+  RUN_UNTIL(loop, g_seq == 1 + N, 20000);
+  settle(loop);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(ops[i].r.calls, 1);
+    if (ops[i].r.result == PX_ETIMEDOUT && i % 2)
+      continue;
+    assert_int_equal(ops[i].r.result, BLOCK);
+    assert_int_equal(ops[i].buf[0], (unsigned char)(i % FILE_OPS + 1));
+  }
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  free(ops);
+  finish(loop);
+}
