@@ -82,7 +82,7 @@ struct px__lanes {
 /* Where an op handed to the thread is (px__paop.phase, under mu). */
 enum {
   PX__PH_LANE = 1, /* on the loop side: waits for a free lane of its file */
-  PX__PH_TODO,     /* handed over, not started */
+  PX__PH_QUEUED,     /* handed over, not started */
   PX__PH_SLOT,     /* its request is in flight */
   PX__PH_RETRY,    /* refused by libc for now (EAGAIN) */
   PX__PH_DONE      /* finished, on its way back */
@@ -594,7 +594,7 @@ static bool px__hand_over(px__aio *a, px__pfd *f, px_op *op) {
   po->lane_fd = lane_fd;
   px__lane_take(f, po->lane);
   pthread_mutex_lock(&a->mu);
-  po->phase = PX__PH_TODO;
+  po->phase = PX__PH_QUEUED;
   px__fifo_push(&a->todo, op);
   px__nudge(a);
   pthread_mutex_unlock(&a->mu);
@@ -681,7 +681,7 @@ void px__aio_reap(px_loop *loop, px__pa *pa) {
 static int32_t px__mark(px__aio *a, px_op *op, px__fifo *now) {
   px__paop *po = px__pa_op(op);
   switch (po->phase) {
-    case PX__PH_TODO:
+    case PX__PH_QUEUED:
       px__fifo_remove(&a->todo, op);
       po->res = PX_ECANCELED;
       px__fifo_push(now, op);

@@ -8,22 +8,44 @@
 
 #include "internal.h"
 
-/* The free-index stack and counters both pools share. */
+/* What both pools are: a slab of equal slots, a zeroed tag per slot (its
+ * state), the free-index stack and the counters. */
 typedef struct px__slots {
-  uint32_t *free_; /* indices of free slots, top at nfree - 1 */
+  unsigned char *slab; /* capacity * stride bytes */
+  void *tags;          /* capacity * tag_size bytes */
+  uint32_t *free_;     /* indices of free slots, top at nfree - 1 */
+  size_t stride;
   uint32_t nfree, capacity, high_water;
   uint64_t exhausted;
 } px__slots;
 
-static int px__slots_init(px__slots *s, uint32_t capacity) {
+static void px__slots_release(px__slots *s) {
+  px__free(s->slab);
+  px__free(s->tags);
+  px__free(s->free_);
+}
+
+static int px__slots_init(px__slots *s, uint32_t capacity, size_t stride,
+                          size_t tag_size) {
+  s->slab = px__malloc(capacity * stride);
+  s->tags = px__calloc(capacity, tag_size);
   s->free_ = px__malloc((size_t)capacity * sizeof(*s->free_));
-  if (s->free_ == NULL)
+  if (s->slab == NULL || s->tags == NULL || s->free_ == NULL) {
+    px__slots_release(s);
     return PX_ENOMEM;
+  }
   for (uint32_t i = 0; i < capacity; i++)
     s->free_[i] = capacity - 1 - i; /* slot 0 comes out first */
+  s->stride = stride;
   s->nfree = s->capacity = capacity;
-  s->high_water = 0;
-  s->exhausted = 0;
+  return 0;
+}
+
+/* PX_EBUSY while slots are handed out. */
+static int px__slots_free(px__slots *s) {
+  if (s->nfree != s->capacity)
+    return PX_EBUSY;
+  px__slots_release(s);
   return 0;
 }
 
@@ -55,10 +77,8 @@ static void px__slots_stats(const px__slots *s, px_pool_stats *out) {
 
 struct px_bufpool {
   px_loop *loop;
-  unsigned char *slab;
-  uint8_t *out; /* per buffer: handed out */
   uint32_t size;
-  px__slots slots;
+  px__slots slots; /* tags: a byte per buffer, 1 while handed out */
 };
 
 int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
@@ -73,12 +93,7 @@ int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
     return PX_ENOMEM;
   p->loop = loop;
   p->size = size;
-  p->slab = px__malloc((size_t)count * size);
-  p->out = px__calloc(count, 1);
-  if (p->slab == NULL || p->out == NULL ||
-      px__slots_init(&p->slots, count) < 0) {
-    px__free(p->slab);
-    px__free(p->out);
+  if (px__slots_init(&p->slots, count, size, 1) < 0) {
     px__free(p);
     return PX_ENOMEM;
   }
@@ -89,13 +104,10 @@ int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
 int px_bufpool_free(px_bufpool *pool) {
   if (pool == NULL)
     return PX_EINVAL;
-  if (pool->slots.nfree != pool->slots.capacity)
-    return PX_EBUSY;
-  px__free(pool->slots.free_);
-  px__free(pool->slab);
-  px__free(pool->out);
-  px__free(pool);
-  return 0;
+  int r = px__slots_free(&pool->slots);
+  if (r == 0)
+    px__free(pool);
+  return r;
 }
 
 uint32_t px_bufpool_size(const px_bufpool *pool) {
@@ -108,20 +120,21 @@ void *px_buf_get(px_bufpool *pool) {
   uint32_t i = px__slots_take(&pool->slots);
   if (i == UINT32_MAX)
     return NULL;
-  pool->out[i] = 1;
-  return pool->slab + (size_t)i * pool->size;
+  ((uint8_t *)pool->slots.tags)[i] = 1;
+  return pool->slots.slab + (size_t)i * pool->size;
 }
 
 int px_buf_release(px_bufpool *pool, void *buf) {
   if (pool == NULL || buf == NULL)
     return PX_EINVAL;
-  uintptr_t base = (uintptr_t)pool->slab, at = (uintptr_t)buf;
+  uint8_t *out = pool->slots.tags;
+  uintptr_t base = (uintptr_t)pool->slots.slab, at = (uintptr_t)buf;
   if (at < base || (at - base) % pool->size != 0)
     return PX_EINVAL;
   size_t i = (at - base) / pool->size;
-  if (i >= pool->slots.capacity || !pool->out[i])
+  if (i >= pool->slots.capacity || !out[i])
     return PX_EINVAL;
-  pool->out[i] = 0;
+  out[i] = 0;
   px__slots_put(&pool->slots, (uint32_t)i);
   return 0;
 }
@@ -137,11 +150,13 @@ void px_bufpool_stats(const px_bufpool *pool, px_pool_stats *out) {
  * names one handing-out of one slot, and stays stale for good after it
  * (until the 32-bit generation wraps, 2^31 reuses of that slot later). */
 struct px_connpool {
-  unsigned char *slab;
-  uint32_t *gen;
-  size_t stride, obj_size;
-  px__slots slots;
+  size_t obj_size;
+  px__slots slots; /* tags: a uint32_t generation per slot */
 };
+
+static uint32_t *px__gen(const px_connpool *pool) {
+  return pool->slots.tags;
+}
 
 int px_connpool_new(uint32_t capacity, size_t obj_size, px_connpool **out) {
   if (out != NULL)
@@ -153,13 +168,8 @@ int px_connpool_new(uint32_t capacity, size_t obj_size, px_connpool **out) {
   if (p == NULL)
     return PX_ENOMEM;
   p->obj_size = obj_size;
-  p->stride = (obj_size + 15) & ~(size_t)15; /* max_align_t on common ABIs */
-  p->slab = px__malloc(capacity * p->stride);
-  p->gen = px__calloc(capacity, sizeof(*p->gen));
-  if (p->slab == NULL || p->gen == NULL ||
-      px__slots_init(&p->slots, capacity) < 0) {
-    px__free(p->slab);
-    px__free(p->gen);
+  size_t stride = (obj_size + 15) & ~(size_t)15; /* max_align_t, usually */
+  if (px__slots_init(&p->slots, capacity, stride, sizeof(uint32_t)) < 0) {
     px__free(p);
     return PX_ENOMEM;
   }
@@ -170,13 +180,10 @@ int px_connpool_new(uint32_t capacity, size_t obj_size, px_connpool **out) {
 int px_connpool_free(px_connpool *pool) {
   if (pool == NULL)
     return PX_EINVAL;
-  if (pool->slots.nfree != pool->slots.capacity)
-    return PX_EBUSY;
-  px__free(pool->slots.free_);
-  px__free(pool->slab);
-  px__free(pool->gen);
-  px__free(pool);
-  return 0;
+  int r = px__slots_free(&pool->slots);
+  if (r == 0)
+    px__free(pool);
+  return r;
 }
 
 static px_conn_id px__conn_id(uint32_t index, uint32_t gen) {
@@ -190,9 +197,10 @@ void *px_conn_get(px_connpool *pool, px_conn_id *id) {
   uint32_t i = px__slots_take(&pool->slots);
   if (i == UINT32_MAX)
     return NULL;
-  pool->gen[i]++; /* even -> odd: handed out */
-  *id = px__conn_id(i, pool->gen[i]);
-  void *obj = pool->slab + (size_t)i * pool->stride;
+  uint32_t *gen = px__gen(pool);
+  gen[i]++; /* even -> odd: handed out */
+  *id = px__conn_id(i, gen[i]);
+  void *obj = pool->slots.slab + (size_t)i * pool->slots.stride;
   memset(obj, 0, pool->obj_size);
   return obj;
 }
@@ -203,19 +211,20 @@ static uint32_t px__conn_slot(const px_connpool *pool, px_conn_id id) {
   if (pool == NULL || low == 0 || low > pool->slots.capacity)
     return UINT32_MAX;
   uint32_t i = low - 1;
-  return (gen & 1u) && pool->gen[i] == gen ? i : UINT32_MAX;
+  return (gen & 1u) && px__gen(pool)[i] == gen ? i : UINT32_MAX;
 }
 
 void *px_conn_lookup(const px_connpool *pool, px_conn_id id) {
   uint32_t i = px__conn_slot(pool, id);
-  return i == UINT32_MAX ? NULL : pool->slab + (size_t)i * pool->stride;
+  return i == UINT32_MAX ? NULL
+                         : pool->slots.slab + (size_t)i * pool->slots.stride;
 }
 
 int px_conn_release(px_connpool *pool, px_conn_id id) {
   uint32_t i = px__conn_slot(pool, id);
   if (i == UINT32_MAX)
     return PX_ENOENT;
-  pool->gen[i]++; /* odd -> even: every id of the old generation is stale */
+  px__gen(pool)[i]++; /* odd -> even: the old generation's ids are stale */
   px__slots_put(&pool->slots, i);
   return 0;
 }
