@@ -838,7 +838,10 @@ static int px__iocp_poll(px_loop *loop, int64_t timeout_ns) {
 }
 
 static void px__iocp_wakeup(px_loop *loop) {
-  PostQueuedCompletionStatus(px__io(loop)->port, 0, PX__KEY_WAKE, NULL);
+  /* The core's latch stays set until the wakeup arrives: the post must not
+   * be lost (it fails only while the system is short of memory). */
+  while (!PostQueuedCompletionStatus(px__io(loop)->port, 0, PX__KEY_WAKE, NULL))
+    Sleep(1);
 }
 
 static int px__iocp_init(px_loop *loop, const px_loop_opts *opts) {
