@@ -294,11 +294,14 @@ typedef struct px_pool_stats {
   uint32_t capacity;   /* buffers (or slots) in the pool */
   uint32_t in_use;     /* handed out now */
   uint32_t high_water; /* the most ever handed out at once */
-  uint64_t exhausted;  /* gets that found the pool empty */
+  uint32_t lent;       /* buffers lent to the kernel for pending pooled
+                          receives (io_uring's provided-buffer ring) */
+  uint64_t exhausted;  /* gets and pooled receives that found it empty */
 } px_pool_stats;
 PX_API int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
                           px_bufpool **out);
-/* PX_EBUSY while buffers are handed out (nothing is freed then). */
+/* PX_EBUSY while buffers are handed out or pooled receives on the pool are
+ * in flight (nothing is freed then). */
 PX_API int px_bufpool_free(px_bufpool *pool);
 PX_API uint32_t px_bufpool_size(const px_bufpool *pool);
 /* A buffer, or NULL when all are handed out (counted in exhausted). */
@@ -307,6 +310,34 @@ PX_API void *px_buf_get(px_bufpool *pool);
  * (released twice, or foreign): nothing changes then. */
 PX_API int px_buf_release(px_bufpool *pool, void *buf);
 PX_API void px_bufpool_stats(const px_bufpool *pool, px_pool_stats *out);
+
+/*
+ * A receive whose buffer is chosen when data arrives, so a connection that
+ * waits holds no buffer.  pool must belong to loop.  On completion, result
+ * > 0 is the byte count and px_op_buf(op) the pool buffer holding them:
+ * yours until px_buf_release.  result 0 is the end of the stream; < 0 an
+ * error, PX_ENOBUFS when the pool had no free buffer (no byte is lost: the
+ * data stays in the socket for the next receive).  px_op_buf is NULL then.
+ */
+PX_API int px_recv_pooled(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
+                          px_cb cb, void *data);
+/*
+ * PX_RECV_MULTISHOT: one submission, one callback per buffer filled while
+ * px_op_more(op) says 1 (the op stays in flight: do not resubmit it, you
+ * may cancel it), and a last callback where px_op_more(op) is 0 (it may
+ * carry data too; 0, PX_ENOBUFS or PX_ECANCELED end it otherwise).
+ * Backends without PX_CAP_MULTISHOT deliver once per submission, as the
+ * last callback: code that re-arms when px_op_more is 0 runs everywhere.
+ * No deadline (PX_EINVAL): cancel it from a timer.
+ */
+#define PX_RECV_MULTISHOT 0x1u
+PX_API int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd,
+                             px_bufpool *pool, unsigned flags, px_cb cb,
+                             void *data);
+/* The pool buffer of a completed pooled receive (result > 0), else NULL. */
+PX_API void *px_op_buf(const px_op *op);
+/* 1 while a multishot op delivers and stays in flight, else 0. */
+PX_API int px_op_more(const px_op *op);
 
 /*
  * A connection pool: capacity objects of obj_size bytes in one slab.  An
@@ -328,6 +359,36 @@ PX_API void *px_conn_lookup(const px_connpool *pool, px_conn_id id);
 /* 0, or PX_ENOENT for a stale or bogus id (nothing changes then). */
 PX_API int px_conn_release(px_connpool *pool, px_conn_id id);
 PX_API void px_connpool_stats(const px_connpool *pool, px_pool_stats *out);
+
+/*
+ * An acceptor keeps up to depth accepts posted on a listening handle, and
+ * never more than the connection pool has free slots: while the pool is
+ * full it posts none, and each px_conn_release lets it post again.  Every
+ * accepted connection reaches cb with its slot already taken (zeroed).
+ * Take slots of that pool only through its acceptor.  Failed accepts are
+ * counted and retried: at once after a connection-level error, 10 ms later
+ * after a resource one (out of descriptors or memory); a listener that is
+ * itself broken (closed, not listening) ends the acceptor's accepts.
+ */
+typedef struct px_acceptor px_acceptor;
+typedef void (*px_accept_cb)(px_acceptor *acc, px_fd fd, void *conn,
+                             px_conn_id id, void *data);
+typedef struct px_acceptor_stats {
+  uint64_t accepted;  /* connections handed to cb */
+  uint64_t failed;    /* accepts that completed with an error */
+  uint64_t paused;    /* times it stopped posting because the pool was full */
+  uint32_t posted;    /* accepts in flight now */
+  int32_t last_error; /* the last failed accept's PX_E* code, 0 if none */
+} px_acceptor_stats;
+/* depth: 1..1024.  One acceptor per connection pool. */
+PX_API int px_acceptor_start(px_loop *loop, px_fd listener, px_connpool *pool,
+                             uint32_t depth, px_accept_cb cb, void *data,
+                             px_acceptor **out);
+/* Stops: pending accepts are cancelled and the acceptor frees itself once
+ * they are done; cb is not called again.  (px_loop_free does the same.) */
+PX_API void px_acceptor_stop(px_acceptor *acc);
+PX_API void px_acceptor_stats_get(const px_acceptor *acc,
+                                  px_acceptor_stats *out);
 
 /* ---- Allocation. ------------------------------------------------------ */
 

@@ -318,12 +318,45 @@ static int32_t px__connect_check(px_op *op) {
   return 0;
 }
 
+/* A pooled receive takes its buffer only once the socket is readable.
+ * With the pool empty, a one-byte MSG_PEEK tells data (PX_ENOBUFS, the
+ * bytes stay in the socket) from a stale ready bit (wait) and from the end
+ * of the stream (0, which needs no buffer).  The buffer taken is kept in
+ * op->off until the completion hands it over. */
+static ssize_t px__recv_pooled(px_op *op) {
+  int fd = (int)op->fd;
+  px_bufpool *p = op->buf;
+  op->off = 0;
+  if (p->slots.nfree == 0) {
+    char byte;
+    ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
+    if (n <= 0)
+      return n;
+    px__buf_exhausted(p);
+    errno = ENOBUFS;
+    return -1;
+  }
+  /* Lent while the call runs: a stale ready bit's EAGAIN leaves no trace
+   * in the pool's counters. */
+  uint32_t i = px__buf_lend(p);
+  void *buf = px__buf_at(p, i);
+  ssize_t n = recv(fd, buf, op->len, 0);
+  int err = errno;
+  px__buf_unlend(p, i, n > 0);
+  if (n > 0)
+    op->off = (int64_t)(uintptr_t)buf;
+  errno = err;
+  return n;
+}
+
 /* One non-blocking call: bytes, 0, -1 with errno. */
 static ssize_t px__call(px__pa *pa, px_op *op) {
   int fd = (int)op->fd;
   switch (op->kind) {
     case PX__OP_RECV:
       return recv(fd, op->buf, op->len, 0);
+    case PX__OP_RECV_POOLED:
+      return px__recv_pooled(op);
     case PX__OP_READ:
       return read(fd, op->buf, op->len);
     case PX__OP_READV:
@@ -396,7 +429,11 @@ static void px__run_fd(px_loop *loop, px__pa *pa, int fd) {
         break;
       px__fifo_pop(&f->q[d]);
       px__pa_op(op)->where = PX__W_NONE;
-      px__complete(loop, op, r);
+      if (op->kind == PX__OP_RECV_POOLED)
+        px__complete_buf(loop, op, r,
+                         r > 0 ? (void *)(uintptr_t)op->off : NULL);
+      else
+        px__complete(loop, op, r);
     }
   }
   px__pfd *f = px__pa_fd(pa, fd);

@@ -53,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -85,6 +86,7 @@ typedef struct px__uring {
    * there would bind it to the wrong thread): its cancel goes out at the
    * first poll, found by a scan of the handles waiting to close. */
   bool cancel_scan;
+  uint16_t next_bgid; /* the next pool's buffer group */
 } px__uring;
 
 /* Per-op state, inside op->backend (a uint64_t array: may_alias says so to
@@ -97,6 +99,7 @@ typedef struct px__uring {
 typedef struct PX__MAY_ALIAS px__uop {
   struct __kernel_timespec ts; /* the linked timeout's expiry */
   int32_t res;                 /* the op's own CQE result */
+  uint32_t bid;                /* ... and its buffer + 1 (pooled), or 0 */
   uint8_t cqes;                /* CQEs still to come */
   uint8_t timer_fired;
   uint8_t on_ovf;
@@ -184,6 +187,134 @@ static void px__wake_arm(px__uring *u) {
   u->wake_armed = true;
 }
 
+/* ---- Provided buffers. -------------------------------------------------
+ *
+ * A pool used by a pooled receive gets a provided-buffer ring (registered
+ * at its first pooled receive; io_uring_register_buf_ring, 5.19+), and the
+ * kernel picks a buffer from it when data arrives.  A buffer in the ring is
+ * the kernel's to take: px_buf_get cannot hand it out, so the ring holds
+ * only what pending receives need: one buffer per single-shot receive, or
+ * every free buffer while a multishot receive runs (it keeps taking them).
+ * The rest stay in the pool's free stack.  Buffers are lent when a receive
+ * starts and when one comes back (released, or returned by a completion
+ * that carried no data) while the ring is short; the kernel's choice comes
+ * back in the CQE (IORING_CQE_F_BUFFER, the buffer id in the upper bits).
+ * An empty ring makes the receive complete with ENOBUFS, at once or when
+ * data arrives: the data stays in the socket.
+ */
+typedef struct px__ubr {
+  struct io_uring_buf_ring *br;
+  uint32_t mask;   /* ring entries - 1 */
+  uint16_t bgid;   /* its buffer group */
+  uint32_t avail;  /* lent buffers the kernel has not taken */
+  uint32_t single; /* single-shot pooled receives in flight */
+  uint32_t multi;  /* multishot ones */
+} px__ubr;
+
+static uint32_t px__ubr_want(const px_bufpool *p, const px__ubr *r) {
+  return r->multi > 0 ? p->slots.capacity : r->single;
+}
+
+static void px__ubr_put(px_bufpool *p, px__ubr *r, uint32_t i, int at) {
+  io_uring_buf_ring_add(r->br, px__buf_at(p, i), p->size, (unsigned short)i,
+                        (int)r->mask, at);
+  r->avail++;
+}
+
+/* Lends free buffers until the ring holds what pending receives want. */
+static void px__ubr_top_up(px_bufpool *p) {
+  px__ubr *r = p->bk;
+  int added = 0;
+  while (r->avail < px__ubr_want(p, r)) {
+    uint32_t i = px__buf_lend(p);
+    if (i == UINT32_MAX)
+      break;
+    px__ubr_put(p, r, i, added++);
+  }
+  if (added > 0)
+    io_uring_buf_ring_advance(r->br, added);
+}
+
+static int px__ubr_attach(px__uring *u, px_bufpool *p) {
+  if (p->bk != NULL)
+    return 0;
+  uint32_t entries = 1;
+  while (entries < p->slots.capacity)
+    entries <<= 1;
+  px__ubr *r = px__calloc(1, sizeof(*r));
+  void *mem = NULL;
+  size_t len = entries * sizeof(struct io_uring_buf);
+  if (r == NULL || posix_memalign(&mem, 4096, len) != 0) {
+    px__free(r);
+    return PX_ENOMEM;
+  }
+  memset(mem, 0, len);
+  r->br = mem;
+  r->mask = entries - 1;
+  r->bgid = u->next_bgid++;
+  io_uring_buf_ring_init(r->br);
+  struct io_uring_buf_reg reg;
+  memset(&reg, 0, sizeof(reg));
+  reg.ring_addr = (uint64_t)(uintptr_t)mem;
+  reg.ring_entries = entries;
+  reg.bgid = r->bgid;
+  int e = io_uring_register_buf_ring(&u->ring, &reg, 0);
+  if (e < 0) {
+    free(mem);
+    px__free(r);
+    return e == -EINVAL ? PX_EOPNOTSUPP : px__errno(-e);
+  }
+  p->bk = r;
+  return 0;
+}
+
+static bool px__uring_buf_returned(px_loop *loop, px_bufpool *p, uint32_t i) {
+  (void)loop;
+  px__ubr *r = p->bk;
+  if (r == NULL || r->avail >= px__ubr_want(p, r))
+    return false;
+  px__buf_keep(p, i);
+  px__ubr_put(p, r, i, 0);
+  io_uring_buf_ring_advance(r->br, 1);
+  return true;
+}
+
+static void px__uring_pool_release(px_loop *loop, px_bufpool *p) {
+  px__ubr *r = p->bk;
+  if (r == NULL)
+    return;
+  /* The ring's pages stay pinned by the kernel until this (or the ring's
+   * exit); a failure here (another thread) leaves them to the exit. */
+  io_uring_unregister_buf_ring(&px__u(loop)->ring, r->bgid);
+  free(r->br);
+  px__free(r);
+  p->bk = NULL;
+}
+
+/* A pooled receive has started (+1) or ended (-1). */
+static void px__ubr_count(px_op *op, int delta) {
+  px_bufpool *p = op->buf;
+  px__ubr *r = p->bk;
+  if (op->flags & PX__F_MULTI)
+    r->multi += (uint32_t)delta;
+  else
+    r->single += (uint32_t)delta;
+  if (delta > 0)
+    px__ubr_top_up(p);
+}
+
+/* The buffer a CQE names goes out with its data, or back to the pool. */
+static void *px__ubr_take(px_bufpool *p, uint32_t flags, int32_t res) {
+  if (!(flags & IORING_CQE_F_BUFFER))
+    return NULL;
+  px__ubr *r = p->bk;
+  uint32_t i = flags >> IORING_CQE_BUFFER_SHIFT;
+  r->avail--;
+  if (!px__buf_unlend(p, i, res > 0) || res <= 0)
+    return NULL;
+  return px__buf_at(p, i);
+}
+
 /* ---- Ops into SQEs. ---------------------------------------------------- */
 
 static uint64_t px__off(const px_op *op) {
@@ -208,6 +339,21 @@ static void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
     case PX__OP_RECV:
       io_uring_prep_recv(sqe, fd, op->buf, op->len, 0);
       break;
+    case PX__OP_RECV_POOLED: {
+      px_bufpool *p = op->buf;
+      px__ubr *r = p->bk;
+      if (op->flags & PX__F_MULTI)
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+      else
+        io_uring_prep_recv(sqe, fd, NULL, op->len, 0);
+      sqe->flags |= IOSQE_BUFFER_SELECT;
+      sqe->buf_group = r->bgid;
+      /* With the ring short of buffers, the kernel's first try would fail
+       * with ENOBUFS even with no data there: wait for data first. */
+      if (r->avail < px__ubr_want(p, r))
+        sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+      break;
+    }
     case PX__OP_SEND:
       io_uring_prep_send(sqe, fd, op->buf, op->len, MSG_NOSIGNAL);
       break;
@@ -247,6 +393,7 @@ static bool px__prep(px__uring *u, px_op *op) {
   px__prep_kind(sqe, op);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
   uo->cqes = 1;
+  uo->bid = 0;
   uo->timer_fired = 0;
   if (deadline) {
     sqe->flags |= IOSQE_IO_LINK;
@@ -258,6 +405,13 @@ static bool px__prep(px__uring *u, px_op *op) {
     uo->cqes = 2;
   }
   return true;
+}
+
+/* The kernel is done with op (or never got it). */
+static void px__op_end(px__uring *u, px_op *op) {
+  u->stream_writes -= px__may_sigpipe(op);
+  if (op->kind == PX__OP_RECV_POOLED)
+    px__ubr_count(op, -1);
 }
 
 static void px__ovf_push(px__uring *u, px_op *op) {
@@ -283,7 +437,7 @@ static void px__ovf_cancel(px_loop *loop, px__uring *u, bool all, px_fd fd) {
     bool match = all ? op->kind != PX__OP_CLOSE
                      : px__kind_has_fd(op->kind) && op->fd == fd;
     if (match) {
-      u->stream_writes -= px__may_sigpipe(op);
+      px__op_end(u, op);
       px__complete(loop, op, PX_ECANCELED);
     } else
       px__ovf_push(u, op);
@@ -316,6 +470,12 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
 
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
+  if (op->kind == PX__OP_RECV_POOLED) {
+    int r = px__ubr_attach(u, op->buf);
+    if (r < 0)
+      return r;
+    px__ubr_count(op, +1);
+  }
   u->stream_writes += px__may_sigpipe(op);
   if (u->ovf.head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
@@ -327,7 +487,7 @@ static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   if (px__uop_of(target)->on_ovf) {
     px__fifo_remove(&u->ovf, target);
     px__uop_of(target)->on_ovf = 0;
-    u->stream_writes -= px__may_sigpipe(target);
+    px__op_end(u, target);
     px__complete(loop, target, PX_ECANCELED);
     if (cancel_op != NULL)
       px__complete(loop, cancel_op, 0);
@@ -386,8 +546,26 @@ static void px__uring_cancel_all(px_loop *loop) {
   io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
 }
 
+/* A pooled receive's CQE: a delivery of a multishot op, or its own. */
+static bool px__cqe_pooled(px_loop *loop, px_op *op, int32_t res,
+                           uint32_t flags) {
+  px_bufpool *p = op->buf;
+  void *buf = px__ubr_take(p, flags, res);
+  if (res == -ENOBUFS)
+    px__buf_exhausted(p);
+  if (flags & IORING_CQE_F_MORE) { /* a multishot op goes on */
+    if (buf != NULL)
+      px__deliver(loop, op, res, buf);
+    px__ubr_top_up(p);
+    return true;
+  }
+  px__uop_of(op)->bid = buf ? px__buf_index(p, buf) + 1 : 0;
+  return false;
+}
+
 /* One CQE.  Only this function is long: it is the reaping loop's body. */
-static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res) {
+static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
+                    uint32_t flags) {
   unsigned tag = ud & PX__UD_TAGS;
   if (tag == PX__UD_WAKE) {
     u->wake_armed = false;
@@ -400,18 +578,30 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res) {
     return;
   px_op *op = (px_op *)(uintptr_t)(ud & ~(uint64_t)PX__UD_TAGS);
   px__uop *uo = px__uop_of(op);
-  if (tag == PX__UD_TIMER)
+  if (tag == PX__UD_TIMER) {
     uo->timer_fired = res == -ETIME;
-  else
+  } else {
+    if (op->kind == PX__OP_RECV_POOLED && px__cqe_pooled(loop, op, res, flags))
+      return;
     uo->res = res;
+  }
   if (--uo->cqes > 0)
     return;
-  u->stream_writes -= px__may_sigpipe(op);
+  px__op_end(u, op);
   res = uo->res;
   if (res < 0) {
     bool stopped = res == -ECANCELED || res == -EINTR;
-    px__complete(loop, op,
-                 uo->timer_fired && stopped ? PX_ETIMEDOUT : px__errno(-res));
+    res = uo->timer_fired && stopped ? PX_ETIMEDOUT : px__errno(-res);
+  }
+  if (op->kind == PX__OP_RECV_POOLED) {
+    px_bufpool *p = op->buf;
+    void *buf = uo->bid ? px__buf_at(p, uo->bid - 1) : NULL;
+    px__complete_buf(loop, op, res, buf);
+    px__ubr_top_up(p);
+    return;
+  }
+  if (res < 0) {
+    px__complete(loop, op, res);
     return;
   }
   if (op->kind == PX__OP_ACCEPT) {
@@ -427,6 +617,7 @@ static void px__reap(px_loop *loop, px__uring *u) {
   struct {
     uint64_t ud;
     int32_t res;
+    uint32_t flags;
   } got[BATCH];
   for (;;) {
     unsigned n = io_uring_peek_batch_cqe(&u->ring, cqes, BATCH);
@@ -440,10 +631,11 @@ static void px__reap(px_loop *loop, px__uring *u) {
     for (unsigned i = 0; i < n; i++) {
       got[i].ud = cqes[i]->user_data;
       got[i].res = cqes[i]->res;
+      got[i].flags = cqes[i]->flags;
     }
     io_uring_cq_advance(&u->ring, n);
     for (unsigned i = 0; i < n; i++)
-      px__cqe(loop, u, got[i].ud, got[i].res);
+      px__cqe(loop, u, got[i].ud, got[i].res, got[i].flags);
   }
 }
 
@@ -581,7 +773,8 @@ static void px__uring_destroy(px_loop *loop) {
 
 const px__backend px__backend_uring = {
     .name = "uring",
-    .caps = PX_CAP_FILE_ASYNC | PX_CAP_KERNEL_DEADLINE,
+    .caps = PX_CAP_FILE_ASYNC | PX_CAP_KERNEL_DEADLINE | PX_CAP_MULTISHOT |
+            PX_CAP_BUF_SELECT,
     .init = px__uring_init,
     .destroy = px__uring_destroy,
     .adopt = px__uring_adopt,
@@ -592,4 +785,6 @@ const px__backend px__backend_uring = {
     .poll = px__uring_poll,
     .wakeup = px__uring_wakeup,
     .run_end = px__uring_run_end,
+    .buf_returned = px__uring_buf_returned,
+    .pool_release = px__uring_pool_release,
 };

@@ -64,12 +64,27 @@ typedef struct px__backend {
   /* Optional (may be NULL): px_run or px_wait is about to return to the
    * program; per-thread state held across polls can be let go. */
   void (*run_end)(px_loop *loop);
+
+  /* Pools (both optional, may be NULL).  buf_returned: buffer i of pool
+   * (tagged out) is free again, released by the program or by a delivery
+   * nobody took; return true after px__buf_keep(pool, i) to keep it lent,
+   * false to let it go back to the free stack.  pool_release: the pool goes
+   * (px_bufpool_free with nothing in flight, or px_loop_free): drop
+   * pool->bk; lent buffers become free. */
+  bool (*buf_returned)(px_loop *loop, px_bufpool *pool, uint32_t i);
+  void (*pool_release)(px_loop *loop, px_bufpool *pool);
 } px__backend;
 
 /* ---- What the core offers a backend. ---------------------------------- */
 
 /* Reports op complete with result (>= 0 or a PX_E* code). */
 void px__complete(px_loop *loop, px_op *op, int32_t result);
+/* A pooled receive (PX__OP_RECV_POOLED) completes: buf is the buffer of
+ * op's pool holding result > 0 bytes (tagged out), or NULL.  For a
+ * multishot op this is its last delivery. */
+void px__complete_buf(px_loop *loop, px_op *op, int32_t result, void *buf);
+/* A multishot op delivers result > 0 bytes in buf and stays in flight. */
+void px__deliver(px_loop *loop, px_op *op, int32_t result, void *buf);
 /* Reports that a wakeup requested through backend->wakeup arrived. */
 void px__wake_ack(px_loop *loop);
 /* Maps a POSIX errno value (positive) to a PX_E* code. */

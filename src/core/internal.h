@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "backend.h"
+#include "pool.h"
 
 enum px__kind {
   PX__OP_NONE = 0,
@@ -14,6 +15,7 @@ enum px__kind {
   PX__OP_READV,
   PX__OP_WRITEV,
   PX__OP_RECV,
+  PX__OP_RECV_POOLED, /* buf: the px_bufpool; off: the buffer delivered */
   PX__OP_SEND,
   PX__OP_ACCEPT,
   PX__OP_CONNECT,
@@ -44,7 +46,14 @@ enum px__flag {
   PX__F_WRITEQ = 1u << 3,   /* ... in the write direction */
   PX__F_DATASYNC = 1u << 4, /* fsync: data only */
   PX__F_DL_SET = 1u << 5,   /* px_op_deadline called, when = ms */
-  PX__F_SIGPIPE = 1u << 6   /* a write to a pipe or socket: may raise it */
+  PX__F_SIGPIPE = 1u << 6,  /* a write to a pipe or socket: may raise it */
+  /* Multishot pooled receives (see loop.c, "Multishot deliveries"). */
+  PX__F_MULTI = 1u << 7,     /* many completions for one submission */
+  PX__F_MORE = 1u << 8,      /* this delivery is not the last */
+  PX__F_INREADY = 1u << 9,   /* on the ready list while still in flight */
+  PX__F_FINAL = 1u << 10,    /* the backend is done with it */
+  PX__F_FINALCODE = 1u << 11 /* ... and its last result, after the chained
+                                deliveries, is op->len (no buffer) */
 };
 
 /* An intrusive FIFO of ops linked through op->next (no allocation). */
@@ -59,6 +68,13 @@ static inline void px__fifo_push(px__fifo *f, px_op *op) {
   else
     f->head = op;
   f->tail = op;
+}
+
+static inline void px__fifo_push_front(px__fifo *f, px_op *op) {
+  op->next = f->head;
+  f->head = op;
+  if (f->tail == NULL)
+    f->tail = op;
 }
 
 static inline px_op *px__fifo_pop(px__fifo *f) {
@@ -119,6 +135,8 @@ struct px_loop {
   atomic_int wake_pending;     /* a wakeup is on its way */
   bool woken;                  /* a wakeup arrived this iteration */
 
+  px_bufpool *pools; /* made for this loop, not freed yet */
+
   bool stop;
   bool closing;
   atomic_bool shut;   /* closing, as other threads see it (px_post) */
@@ -160,6 +178,9 @@ void px__ready_push(px_loop *loop, px_op *op, int32_t result);
  * and op completed with the error. */
 bool px__start(px_loop *loop, px_op *op, px__fdent *e);
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
+/* submit.c: asks target to complete early, with no cancel op to report
+ * back (px_cancel's effect on target alone). */
+void px__cancel_op(px_loop *loop, px_op *target);
 
 /* time_*.c: lets other threads run (a short wait in px_loop_free). */
 void px__os_yield(void);

@@ -19,10 +19,81 @@ void px__ready_push(px_loop *loop, px_op *op, int32_t result) {
   px__fifo_push(&loop->ready, op);
 }
 
+/* ---- Multishot deliveries. ---------------------------------------------
+ *
+ * A multishot receive can deliver again before its previous delivery has
+ * reached its callback.  Deliveries wait in a chain through the pool
+ * buffers that hold them (pool->dnext and dlen; op->when keeps head and
+ * tail as index + 1, a multishot op has no deadline), and the op sits on
+ * the ready list once (PX__F_INREADY) while it stays in flight.  Each pop
+ * takes one delivery; while more wait, the op goes back to the front of the
+ * list after its callback, so its deliveries keep their order and come
+ * before anything that completed later.  The backend's last word is either
+ * one more chained buffer or a code without one (PX__F_FINALCODE, in
+ * op->len).
+ */
+
+static uint32_t px__chain_head(const px_op *op) {
+  return (uint32_t)(uint64_t)op->when;
+}
+
+static void px__chain_set(px_op *op, uint32_t head, uint32_t tail) {
+  op->when = (int64_t)(((uint64_t)tail << 32) | head);
+}
+
+static void px__chain_add(px_op *op, px_bufpool *p, void *buf, int32_t len) {
+  uint32_t i = px__buf_index(p, buf);
+  uint32_t head = px__chain_head(op),
+           tail = (uint32_t)((uint64_t)op->when >> 32);
+  p->dlen[i] = (uint32_t)len;
+  p->dnext[i] = 0;
+  if (tail != 0)
+    p->dnext[tail - 1] = i + 1;
+  else
+    head = i + 1;
+  px__chain_set(op, head, i + 1);
+}
+
+static bool px__multi_pending(const px_op *op) {
+  return px__chain_head(op) != 0 || (op->flags & PX__F_FINALCODE);
+}
+
+/* Loads op's next delivery into result and off: true when more follow
+ * (the op stays in flight), false for its last. */
+static bool px__multi_next(px_op *op) {
+  px_bufpool *p = op->buf;
+  op->flags &= (uint16_t) ~(PX__F_INREADY | PX__F_MORE);
+  uint32_t head = px__chain_head(op);
+  if (head == 0) { /* only the final code is left */
+    op->result = (int32_t)op->len;
+    op->off = 0;
+    return false;
+  }
+  uint32_t i = head - 1, next = p->dnext[i];
+  px__chain_set(op, next, next == 0 ? 0 : (uint32_t)((uint64_t)op->when >> 32));
+  op->result = (int32_t)p->dlen[i];
+  op->off = (int64_t)(uintptr_t)px__buf_at(p, i);
+  if ((op->flags & PX__F_FINAL) && !px__multi_pending(op))
+    return false;
+  op->flags |= PX__F_MORE;
+  return true;
+}
+
+static void px__ready_again(px_loop *loop, px_op *op) {
+  op->flags |= PX__F_INREADY;
+  px__fifo_push(&loop->ready, op);
+}
+
 static px_op *px__ready_pop(px_loop *loop) {
   px_op *op = px__fifo_pop(&loop->ready);
   if (op == NULL)
     return NULL;
+  /* Only chained deliveries come with INREADY; a multishot op completed
+   * the ordinary way (refused, cancelled while queued) has none. */
+  if ((op->flags & PX__F_INREADY) && px__multi_next(op))
+    return op; /* a delivery; the op is still in flight */
+  if (op->kind == PX__OP_RECV_POOLED)
+    ((px_bufpool *)op->buf)->ops--;
   op->state = PX__IDLE;
   op->flags = 0;
   loop->stats.completed++;
@@ -41,10 +112,15 @@ static int px__dispatch(px_loop *loop) {
    * ends when the list is empty. */
   while ((op = px__ready_pop(loop)) != NULL) {
     n++;
+    bool more = op->flags & PX__F_MORE;
     if (op->cb != NULL) {
       loop->depth++;
       op->cb(loop, op);
       loop->depth--;
+    }
+    if (more && px__multi_pending(op) && !(op->flags & PX__F_INREADY)) {
+      op->flags |= PX__F_INREADY;
+      px__fifo_push_front(&loop->ready, op);
     }
   }
   return n;
@@ -123,14 +199,8 @@ static int32_t px__finish_accept(px_loop *loop, px_op *op, int32_t result) {
   return 0;
 }
 
-void px__complete(px_loop *loop, px_op *op, int32_t result) {
-  px__heap_remove(loop, op);
-  if ((op->flags & PX__F_TIMEDOUT) && result == PX_ECANCELED)
-    result = PX_ETIMEDOUT;
-  if (op->kind == PX__OP_ACCEPT)
-    result = px__finish_accept(loop, op, result);
-  px__ready_push(loop, op, result);
-
+/* The backend is done with op: its handle's queues move on. */
+static void px__handle_done(px_loop *loop, px_op *op) {
   if (!px__kind_has_fd(op->kind))
     return;
   px__fdent *e = px__fd_get(loop, op->fd);
@@ -141,6 +211,44 @@ void px__complete(px_loop *loop, px_op *op, int32_t result) {
     px__stream_next(loop, e, px__dir_of(e, op));
   if (e->closing != NULL && e->started == 0)
     px__close_start(loop, e);
+}
+
+void px__complete(px_loop *loop, px_op *op, int32_t result) {
+  px__heap_remove(loop, op);
+  if ((op->flags & PX__F_TIMEDOUT) && result == PX_ECANCELED)
+    result = PX_ETIMEDOUT;
+  if (op->kind == PX__OP_ACCEPT)
+    result = px__finish_accept(loop, op, result);
+  px__ready_push(loop, op, result);
+  px__handle_done(loop, op);
+}
+
+void px__deliver(px_loop *loop, px_op *op, int32_t result, void *buf) {
+  px__chain_add(op, op->buf, buf, result);
+  if (!(op->flags & PX__F_INREADY))
+    px__ready_again(loop, op);
+}
+
+void px__complete_buf(px_loop *loop, px_op *op, int32_t result, void *buf) {
+  if (!(op->flags & PX__F_MULTI) ||
+      (!px__multi_pending(op) && !(op->flags & PX__F_INREADY))) {
+    /* Nothing waits before it: an ordinary completion. */
+    op->flags &= (uint16_t) ~(PX__F_MULTI | PX__F_MORE);
+    op->off = (int64_t)(uintptr_t)buf;
+    px__complete(loop, op, result);
+    return;
+  }
+  if (buf != NULL) {
+    px__chain_add(op, op->buf, buf, result);
+  } else {
+    op->len = (uint32_t)result;
+    op->flags |= PX__F_FINALCODE;
+  }
+  op->flags |= PX__F_FINAL;
+  op->state = PX__READY;
+  if (!(op->flags & PX__F_INREADY))
+    px__ready_again(loop, op);
+  px__handle_done(loop, op);
 }
 
 /* ---- Timers. ----------------------------------------------------------- */
@@ -330,8 +438,20 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
   for (;;) {
     int n = 0;
     px_op *op;
-    while (n < max && (op = px__ready_pop(loop)) != NULL)
+    px__fifo again = {0}; /* multishot ops with deliveries still waiting */
+    while (n < max && (op = px__ready_pop(loop)) != NULL) {
       out[n++] = op;
+      if ((op->flags & PX__F_MORE) && px__multi_pending(op)) {
+        op->flags |= PX__F_INREADY;
+        px__fifo_push(&again, op);
+      }
+    }
+    if (again.head != NULL) { /* next call, first, in order */
+      again.tail->next = loop->ready.head;
+      loop->ready.head = again.head;
+      if (loop->ready.tail == NULL)
+        loop->ready.tail = again.tail;
+    }
     if (n > 0 || loop->woken)
       return n;
     int64_t left = timeout_ms < 0 ? -1 : end - loop->now;
@@ -427,6 +547,7 @@ int px_loop_free(px_loop *loop) {
   }
   if (PX__BK(loop)->run_end != NULL)
     PX__BK(loop)->run_end(loop);
+  px__pools_detach(loop); /* pools outlive it, without its backend */
   /* A post that passed its check may still be about to wake the loop. */
   while (atomic_load_explicit(&loop->posting, memory_order_acquire) != 0)
     px__os_yield();

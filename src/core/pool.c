@@ -8,17 +8,6 @@
 
 #include "internal.h"
 
-/* What both pools are: a slab of equal slots, a zeroed tag per slot (its
- * state), the free-index stack and the counters. */
-typedef struct px__slots {
-  unsigned char *slab; /* capacity * stride bytes */
-  void *tags;          /* capacity * tag_size bytes */
-  uint32_t *free_;     /* indices of free slots, top at nfree - 1 */
-  size_t stride;
-  uint32_t nfree, capacity, high_water;
-  uint64_t exhausted;
-} px__slots;
-
 static void px__slots_release(px__slots *s) {
   px__free(s->slab);
   px__free(s->tags);
@@ -55,31 +44,33 @@ static uint32_t px__slots_take(px__slots *s) {
     s->exhausted++;
     return UINT32_MAX;
   }
-  uint32_t i = s->free_[--s->nfree];
-  uint32_t in_use = s->capacity - s->nfree;
+  return s->free_[--s->nfree];
+}
+
+/* Something more is handed out: in_use of them now. */
+static void px__slots_mark(px__slots *s, uint32_t in_use) {
   if (in_use > s->high_water)
     s->high_water = in_use;
-  return i;
 }
 
 static void px__slots_put(px__slots *s, uint32_t i) {
   s->free_[s->nfree++] = i;
 }
 
-static void px__slots_stats(const px__slots *s, px_pool_stats *out) {
+static void px__slots_stats(const px__slots *s, uint32_t lent,
+                            px_pool_stats *out) {
   out->capacity = s->capacity;
-  out->in_use = s->capacity - s->nfree;
+  out->in_use = s->capacity - s->nfree - lent;
   out->high_water = s->high_water;
+  out->lent = lent;
   out->exhausted = s->exhausted;
 }
 
 /* ---- Buffers. ---------------------------------------------------------- */
 
-struct px_bufpool {
-  px_loop *loop;
-  uint32_t size;
-  px__slots slots; /* tags: a byte per buffer, 1 while handed out */
-};
+static uint32_t px__buf_out(const px_bufpool *p) {
+  return p->slots.capacity - p->slots.nfree - p->lent;
+}
 
 int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
                    px_bufpool **out) {
@@ -91,57 +82,145 @@ int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
   px_bufpool *p = px__calloc(1, sizeof(*p));
   if (p == NULL)
     return PX_ENOMEM;
-  p->loop = loop;
   p->size = size;
-  if (px__slots_init(&p->slots, count, size, 1) < 0) {
+  p->dlen = px__malloc((size_t)count * sizeof(*p->dlen));
+  p->dnext = px__malloc((size_t)count * sizeof(*p->dnext));
+  if (p->dlen == NULL || p->dnext == NULL ||
+      px__slots_init(&p->slots, count, size, 1) < 0) {
+    px__free(p->dlen);
+    px__free(p->dnext);
     px__free(p);
     return PX_ENOMEM;
   }
+  p->loop = loop;
+  p->next = loop->pools;
+  if (p->next != NULL)
+    p->next->prev = p;
+  loop->pools = p;
   *out = p;
   return 0;
+}
+
+/* The loop lets go of p: the backend's part goes, lent buffers are free. */
+static void px__pool_detach(px_bufpool *p) {
+  px_loop *loop = p->loop;
+  if (loop == NULL)
+    return;
+  if (PX__BK(loop)->pool_release != NULL)
+    PX__BK(loop)->pool_release(loop, p);
+  uint8_t *tag = p->slots.tags;
+  for (uint32_t i = 0; p->lent > 0 && i < p->slots.capacity; i++)
+    if (tag[i] == PX__BUF_LENT) {
+      tag[i] = PX__BUF_FREE;
+      p->lent--;
+      px__slots_put(&p->slots, i);
+    }
+  if (p->prev != NULL)
+    p->prev->next = p->next;
+  else
+    loop->pools = p->next;
+  if (p->next != NULL)
+    p->next->prev = p->prev;
+  p->prev = p->next = NULL;
+  p->loop = NULL;
+}
+
+void px__pools_detach(px_loop *loop) {
+  while (loop->pools != NULL)
+    px__pool_detach(loop->pools);
 }
 
 int px_bufpool_free(px_bufpool *pool) {
   if (pool == NULL)
     return PX_EINVAL;
-  int r = px__slots_free(&pool->slots);
-  if (r == 0)
-    px__free(pool);
-  return r;
+  if (px__buf_out(pool) > 0 || pool->ops > 0)
+    return PX_EBUSY;
+  px__pool_detach(pool);
+  px__slots_free(&pool->slots);
+  px__free(pool->dlen);
+  px__free(pool->dnext);
+  px__free(pool);
+  return 0;
 }
 
 uint32_t px_bufpool_size(const px_bufpool *pool) {
   return pool != NULL ? pool->size : 0;
 }
 
+uint32_t px__buf_take(px_bufpool *p) {
+  uint32_t i = px__slots_take(&p->slots);
+  if (i == UINT32_MAX)
+    return i;
+  ((uint8_t *)p->slots.tags)[i] = PX__BUF_OUT;
+  px__slots_mark(&p->slots, px__buf_out(p));
+  return i;
+}
+
+void px__buf_put(px_bufpool *p, uint32_t i) {
+  ((uint8_t *)p->slots.tags)[i] = PX__BUF_FREE;
+  px__slots_put(&p->slots, i);
+}
+
+uint32_t px__buf_lend(px_bufpool *p) {
+  if (p->slots.nfree == 0)
+    return UINT32_MAX;
+  uint32_t i = p->slots.free_[--p->slots.nfree];
+  ((uint8_t *)p->slots.tags)[i] = PX__BUF_LENT;
+  p->lent++;
+  return i;
+}
+
+bool px__buf_unlend(px_bufpool *p, uint32_t i, bool out) {
+  uint8_t *tag = p->slots.tags;
+  if (i >= p->slots.capacity || tag[i] != PX__BUF_LENT)
+    return false;
+  p->lent--;
+  if (out) {
+    tag[i] = PX__BUF_OUT;
+    px__slots_mark(&p->slots, px__buf_out(p));
+  } else {
+    px__buf_put(p, i);
+  }
+  return true;
+}
+
+void px__buf_keep(px_bufpool *p, uint32_t i) {
+  ((uint8_t *)p->slots.tags)[i] = PX__BUF_LENT;
+  p->lent++;
+}
+
+uint32_t px__buf_index(const px_bufpool *p, const void *buf) {
+  uintptr_t base = (uintptr_t)p->slots.slab, at = (uintptr_t)buf;
+  if (buf == NULL || at < base || (at - base) % p->size != 0 ||
+      (at - base) / p->size >= p->slots.capacity)
+    return UINT32_MAX;
+  return (uint32_t)((at - base) / p->size);
+}
+
 void *px_buf_get(px_bufpool *pool) {
   if (pool == NULL)
     return NULL;
-  uint32_t i = px__slots_take(&pool->slots);
-  if (i == UINT32_MAX)
-    return NULL;
-  ((uint8_t *)pool->slots.tags)[i] = 1;
-  return pool->slots.slab + (size_t)i * pool->size;
+  uint32_t i = px__buf_take(pool);
+  return i == UINT32_MAX ? NULL : px__buf_at(pool, i);
 }
 
 int px_buf_release(px_bufpool *pool, void *buf) {
-  if (pool == NULL || buf == NULL)
+  if (pool == NULL)
     return PX_EINVAL;
-  uint8_t *out = pool->slots.tags;
-  uintptr_t base = (uintptr_t)pool->slots.slab, at = (uintptr_t)buf;
-  if (at < base || (at - base) % pool->size != 0)
+  uint32_t i = px__buf_index(pool, buf);
+  if (i == UINT32_MAX || ((uint8_t *)pool->slots.tags)[i] != PX__BUF_OUT)
     return PX_EINVAL;
-  size_t i = (at - base) / pool->size;
-  if (i >= pool->slots.capacity || !out[i])
-    return PX_EINVAL;
-  out[i] = 0;
-  px__slots_put(&pool->slots, (uint32_t)i);
+  px_loop *loop = pool->loop;
+  if (loop != NULL && PX__BK(loop)->buf_returned != NULL &&
+      PX__BK(loop)->buf_returned(loop, pool, i))
+    return 0;
+  px__buf_put(pool, i);
   return 0;
 }
 
 void px_bufpool_stats(const px_bufpool *pool, px_pool_stats *out) {
   if (pool != NULL && out != NULL)
-    px__slots_stats(&pool->slots, out);
+    px__slots_stats(&pool->slots, pool->lent, out);
 }
 
 /* ---- Connections. ------------------------------------------------------ */
@@ -149,10 +228,6 @@ void px_bufpool_stats(const px_bufpool *pool, px_pool_stats *out) {
 /* A slot's generation is odd while handed out, even while free: an id
  * names one handing-out of one slot, and stays stale for good after it
  * (until the 32-bit generation wraps, 2^31 reuses of that slot later). */
-struct px_connpool {
-  size_t obj_size;
-  px__slots slots; /* tags: a uint32_t generation per slot */
-};
 
 static uint32_t *px__gen(const px_connpool *pool) {
   return pool->slots.tags;
@@ -180,6 +255,8 @@ int px_connpool_new(uint32_t capacity, size_t obj_size, px_connpool **out) {
 int px_connpool_free(px_connpool *pool) {
   if (pool == NULL)
     return PX_EINVAL;
+  if (pool->on_release != NULL)
+    return PX_EBUSY; /* its acceptor is still running */
   int r = px__slots_free(&pool->slots);
   if (r == 0)
     px__free(pool);
@@ -197,6 +274,7 @@ void *px_conn_get(px_connpool *pool, px_conn_id *id) {
   uint32_t i = px__slots_take(&pool->slots);
   if (i == UINT32_MAX)
     return NULL;
+  px__slots_mark(&pool->slots, pool->slots.capacity - pool->slots.nfree);
   uint32_t *gen = px__gen(pool);
   gen[i]++; /* even -> odd: handed out */
   *id = px__conn_id(i, gen[i]);
@@ -226,10 +304,12 @@ int px_conn_release(px_connpool *pool, px_conn_id id) {
     return PX_ENOENT;
   px__gen(pool)[i]++; /* odd -> even: the old generation's ids are stale */
   px__slots_put(&pool->slots, i);
+  if (pool->on_release != NULL)
+    pool->on_release(pool->ctx);
   return 0;
 }
 
 void px_connpool_stats(const px_connpool *pool, px_pool_stats *out) {
   if (pool != NULL && out != NULL)
-    px__slots_stats(&pool->slots, out);
+    px__slots_stats(&pool->slots, 0, out);
 }

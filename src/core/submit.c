@@ -169,6 +169,50 @@ int px_recv(px_loop *loop, px_op *op, px_fd fd, void *buf, size_t len, px_cb cb,
   return px__io(loop, op, PX__OP_RECV, fd, buf, len, PX_CUR, cb, data);
 }
 
+int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
+                      unsigned flags, px_cb cb, void *data) {
+  int r = px__check(loop, op);
+  if (r < 0)
+    return r;
+  if (pool == NULL || pool->loop != loop || (flags & ~PX_RECV_MULTISHOT))
+    return PX_EINVAL;
+  /* Where the backend has no multishot, each submission delivers once. */
+  bool multi =
+      (flags & PX_RECV_MULTISHOT) && (PX__BK(loop)->caps & PX_CAP_MULTISHOT);
+  if (multi && (op->flags & PX__F_DL_SET))
+    return PX_EINVAL;
+  px__fdent *e = px__check_fd(loop, fd);
+  if (e == NULL)
+    return PX_EBADF;
+  px__fill(op, PX__OP_RECV_POOLED, fd, cb, data);
+  op->buf = pool;
+  op->len = pool->size > PX__MAX_IO ? PX__MAX_IO : pool->size;
+  op->off = 0;
+  if (multi)
+    op->when = 0; /* no deliveries waiting */
+  r = px__accept(loop, op,
+                 (uint16_t)(PX__F_STREAM | (multi ? PX__F_MULTI : 0)));
+  if (r < 0)
+    return r;
+  pool->ops++; /* until its last completion is popped */
+  return px__route(loop, op, e);
+}
+
+int px_recv_pooled(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
+                   px_cb cb, void *data) {
+  return px_recv_pooled_ex(loop, op, fd, pool, 0, cb, data);
+}
+
+void *px_op_buf(const px_op *op) {
+  if (op == NULL || op->kind != PX__OP_RECV_POOLED || op->result <= 0)
+    return NULL;
+  return (void *)(uintptr_t)op->off;
+}
+
+int px_op_more(const px_op *op) {
+  return op != NULL && (op->flags & PX__F_MORE) != 0;
+}
+
 int px_send(px_loop *loop, px_op *op, px_fd fd, const void *buf, size_t len,
             px_cb cb, void *data) {
   return px__io(loop, op, PX__OP_SEND, fd, (void *)buf, len, PX_CUR, cb, data);
@@ -307,6 +351,21 @@ static int32_t px__cancel_target(px_loop *loop, px_op *op, px_op *target) {
       return PX_EALREADY;
     default:
       return PX_ENOENT;
+  }
+}
+
+void px__cancel_op(px_loop *loop, px_op *target) {
+  switch (target->state) {
+    case PX__TIMER:
+    case PX__QUEUED:
+      px__cancel_target(loop, NULL, target);
+      break;
+    case PX__STARTED:
+      if (target->kind != PX__OP_CANCEL && target->kind != PX__OP_CLOSE)
+        PX__BK(loop)->cancel(loop, target, NULL);
+      break;
+    default:
+      break;
   }
 }
 
