@@ -1,21 +1,31 @@
 /*
  * echo_server — a TCP echo server written against px.h only.
  *
- *   echo_server --host 127.0.0.1 --port 7000 [--accepts 16] [--backlog 1024]
+ *   echo_server --host 127.0.0.1 --port 7000 [--max-conns 10000]
+ *               [--buffers 1024] [--buf-size 16384] [--accepts 16]
+ *               [--backlog 1024]
  *
  * Port 0 lets the system pick a port; the "listening on" line shows it.
  *
- * It keeps several accepts posted at all times, the way an IOCP server
- * pre-posts AcceptEx calls, so a burst of connections never waits for one
- * accept to be re-armed.  Each connection owns its ops and its buffer; the
- * echo is recv -> send everything received (resubmitting the rest after a
- * short write) -> recv again, so at most one of its recv and send ops is in
- * flight at any time.
+ * Its memory is fixed at start: connection objects in a px_connpool
+ * (--max-conns of them) and receive buffers in a px_bufpool (--buffers of
+ * --buf-size bytes).  An idle connection holds its object and one pending
+ * pooled receive, and no buffer: the backend picks one when data arrives
+ * (px_recv_pooled).  The echo is receive -> send that buffer back (the rest
+ * again after a short write) -> release it -> receive again, so a
+ * connection has one op in flight at a time and its object holds one op.
  *
- * SIGINT or SIGTERM stops it: the listener and every connection are closed
- * with px_close (which completes their pending ops with PX_ECANCELED first),
- * the loop runs until nothing is in flight, and the loop's statistics are
- * printed.
+ * A px_acceptor keeps --accepts accepts posted while the connection pool
+ * has room, the way an IOCP server pre-posts AcceptEx calls; with the pool
+ * full it posts none (the kernel's backlog holds newcomers) until a
+ * connection ends.  With every buffer out, a receive ends with PX_ENOBUFS
+ * and its data stays in the socket: the connection waits in line and
+ * receives again when a buffer comes back.
+ *
+ * SIGINT or SIGTERM stops it: the acceptor stops, the listener and every
+ * connection are closed with px_close (which completes their pending ops
+ * with PX_ECANCELED first), the loop runs until nothing is in flight, and
+ * the loop's and pools' statistics are printed.
  */
 #include <px.h>
 
@@ -32,140 +42,141 @@
 #include <signal.h>
 #endif
 
-#define MAX_ACCEPTS 256
-#define CONN_BUF_SIZE (16 * 1024)
-#define ACCEPT_RETRY_MS 100
+#define MAX_ACCEPTS 1024
 
 typedef struct server server;
 typedef struct conn conn;
 
 enum conn_state {
   CONN_OPEN,
-  CONN_CLOSING,      /* px_close submitted; its callback frees the conn */
-  CONN_CLOSE_FAILED, /* px_close refused; freed once no op is in flight */
+  CONN_WAITING, /* found the buffers all out; in the server's line */
+  CONN_CLOSING  /* px_close submitted; its callback releases the slot */
 };
 
+/* A slot of the connection pool: what an idle connection costs. */
 struct conn {
-  px_op recv_op;
-  px_op send_op;
-  px_op close_op;
-  server *srv;
+  px_op op; /* the one op in flight: receive, send or close */
   px_fd fd;
-  int in_flight; /* recv_op and send_op submissions not completed yet */
-  enum conn_state state;
-  size_t len;  /* bytes received and being echoed */
-  size_t sent; /* of those, bytes sent so far */
-  conn *prev, *next;
-  unsigned char buf[CONN_BUF_SIZE];
+  px_conn_id id;
+  union {
+    void *buf;       /* the buffer being echoed */
+    conn *next_wait; /* CONN_WAITING: the next in line */
+  } u;
+  uint16_t len, sent; /* bytes in buf; of those, sent so far */
+  uint8_t state;
 };
 
 struct server {
   px_loop *loop;
   px_fd listen_fd;
+  px_connpool *conns;
+  px_bufpool *bufs;
+  px_acceptor *acceptor;
+  conn *wait_head, *wait_tail; /* waiting for a buffer, oldest first */
   int stopping;
-  conn *conns; /* every live connection, so that a stop can close them */
-  uint64_t accepted;
-  int naccepts;
-  px_op accept_ops[MAX_ACCEPTS];
+  uint64_t accepted, enobufs;
+  px_op *stop_closes; /* made at stop: closes for busy connections */
+  uint32_t nstop_closes;
   px_op listen_close_op;
   px_op stop_op; /* posted by the signal watcher */
 };
 
-static void post_accept(server *s, px_op *op);
+static server g_srv;
+
+static void conn_recv(conn *c);
 
 /* ---- Connections. ------------------------------------------------------ */
 
-static void conn_unlink_free(conn *c) {
-  server *s = c->srv;
-  if (c->prev != NULL)
-    c->prev->next = c->next;
-  else
-    s->conns = c->next;
-  if (c->next != NULL)
-    c->next->prev = c->prev;
-  free(c);
-}
-
-/* px_close completes the connection's pending ops before this runs, so
- * nothing refers to c any more. */
+/* px_close completes the connection's pending op before this runs, so
+ * nothing refers to c any more: its slot goes back (and the acceptor
+ * may accept again). */
 static void on_conn_closed(px_loop *loop, px_op *op) {
   conn *c = op->data;
   (void)loop;
   if (op->result < 0)
     fprintf(stderr, "echo_server: close: %s\n", px_strerror(op->result));
-  conn_unlink_free(c);
+  px_conn_release(g_srv.conns, c->id);
 }
 
-/* Closes the handle now; only when none of the conn's ops is in flight. */
-static void conn_close_now(conn *c) {
-  int rc = px_fd_close(c->srv->loop, c->fd);
-  if (rc < 0)
-    fprintf(stderr, "echo_server: px_fd_close: %s\n", px_strerror(rc));
-  conn_unlink_free(c);
-}
-
+/* Closes c, whose op is idle. */
 static void conn_close(conn *c) {
-  if (c->state != CONN_OPEN)
-    return;
   c->state = CONN_CLOSING;
-  int rc = px_close(c->srv->loop, &c->close_op, c->fd, on_conn_closed, c);
+  int rc = px_close(g_srv.loop, &c->op, c->fd, on_conn_closed, c);
   if (rc == 0)
     return;
-  /* Refused (the loop is being freed, or out of memory).  Freeing c while
-   * one of its ops is in flight would hand px a dangling op, so that waits
-   * for the op's callback. */
+  /* Refused (the loop is being freed): nothing of c is in flight. */
   fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
-  c->state = CONN_CLOSE_FAILED;
-  if (c->in_flight == 0)
-    conn_close_now(c);
+  px_fd_close(g_srv.loop, c->fd);
+  px_conn_release(g_srv.conns, c->id);
 }
 
-/* The start of every recv/send callback.  Returns 1 when the conn is
- * closing and the callback must leave it alone. */
-static int conn_op_done(conn *c) {
-  c->in_flight--;
-  if (c->state == CONN_OPEN)
-    return 0;
-  if (c->state == CONN_CLOSE_FAILED && c->in_flight == 0)
-    conn_close_now(c); /* frees c */
-  return 1;
+static void buf_release(void *buf) {
+  int rc = px_buf_release(g_srv.bufs, buf);
+  if (rc < 0)
+    fprintf(stderr, "echo_server: px_buf_release: %s\n", px_strerror(rc));
 }
 
-static void on_recv(px_loop *loop, px_op *op);
+/* A buffer came back: the connection waiting longest receives again. */
+static void wake_one(void) {
+  conn *c = g_srv.wait_head;
+  if (c == NULL || g_srv.stopping)
+    return;
+  g_srv.wait_head = c->u.next_wait;
+  if (g_srv.wait_head == NULL)
+    g_srv.wait_tail = NULL;
+  c->state = CONN_OPEN;
+  c->u.buf = NULL;
+  conn_recv(c);
+}
+
+static void wait_for_buffer(conn *c) {
+  g_srv.enobufs++;
+  c->state = CONN_WAITING;
+  c->u.next_wait = NULL;
+  if (g_srv.wait_tail != NULL)
+    g_srv.wait_tail->u.next_wait = c;
+  else
+    g_srv.wait_head = c;
+  g_srv.wait_tail = c;
+  /* Each buffer that comes back wakes the next in line; if none is out,
+   * none will come back: the line moves now. */
+  px_pool_stats st;
+  px_bufpool_stats(g_srv.bufs, &st);
+  if (st.in_use == 0)
+    wake_one();
+}
+
 static void on_send(px_loop *loop, px_op *op);
 
-static void conn_recv(conn *c) {
-  int rc = px_recv(c->srv->loop, &c->recv_op, c->fd, c->buf, sizeof c->buf,
-                   on_recv, c);
-  if (rc < 0) {
-    fprintf(stderr, "echo_server: px_recv: %s\n", px_strerror(rc));
-    conn_close(c);
-    return;
-  }
-  c->in_flight++;
-}
-
 static void conn_send_rest(conn *c) {
-  int rc = px_send(c->srv->loop, &c->send_op, c->fd, c->buf + c->sent,
-                   c->len - c->sent, on_send, c);
+  int rc = px_send(g_srv.loop, &c->op, c->fd, (char *)c->u.buf + c->sent,
+                   (size_t)(c->len - c->sent), on_send, c);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_send: %s\n", px_strerror(rc));
+    buf_release(c->u.buf);
     conn_close(c);
-    return;
   }
-  c->in_flight++;
 }
 
 static void on_recv(px_loop *loop, px_op *op) {
   conn *c = op->data;
   (void)loop;
-  if (conn_op_done(c))
+  void *buf = px_op_buf(op);
+  if (c->state == CONN_CLOSING) { /* stopping: a close is on its way */
+    if (buf != NULL)
+      buf_release(buf);
     return;
+  }
+  if (op->result == PX_ENOBUFS) {
+    wait_for_buffer(c);
+    return;
+  }
   if (op->result <= 0) { /* end of stream, reset, or cancelled */
     conn_close(c);
     return;
   }
-  c->len = (size_t)op->result;
+  c->u.buf = buf;
+  c->len = (uint16_t)op->result;
   c->sent = 0;
   conn_send_rest(c);
 }
@@ -173,75 +184,46 @@ static void on_recv(px_loop *loop, px_op *op) {
 static void on_send(px_loop *loop, px_op *op) {
   conn *c = op->data;
   (void)loop;
-  if (conn_op_done(c))
-    return;
-  if (op->result < 0) {
-    conn_close(c);
+  if (c->state == CONN_CLOSING || op->result < 0) {
+    buf_release(c->u.buf);
+    if (c->state != CONN_CLOSING)
+      conn_close(c);
     return;
   }
-  c->sent += (size_t)op->result;
-  if (c->sent < c->len)
+  c->sent = (uint16_t)(c->sent + op->result);
+  if (c->sent < c->len) {
     conn_send_rest(c); /* a short write: send what is left */
-  else
-    conn_recv(c);
+    return;
+  }
+  buf_release(c->u.buf);
+  c->u.buf = NULL;
+  conn_recv(c);
+  wake_one();
 }
 
-static void conn_start(server *s, px_fd fd) {
-  /* An accept can complete in the same batch as the stop request. */
-  conn *c = s->stopping ? NULL : malloc(sizeof *c);
-  if (c == NULL) {
-    if (!s->stopping)
-      fprintf(stderr, "echo_server: out of memory, dropping a connection\n");
-    int rc = px_fd_close(s->loop, fd);
-    if (rc < 0)
-      fprintf(stderr, "echo_server: px_fd_close: %s\n", px_strerror(rc));
-    return;
+static void conn_recv(conn *c) {
+  int rc = px_recv_pooled(g_srv.loop, &c->op, c->fd, g_srv.bufs, on_recv, c);
+  if (rc < 0) {
+    fprintf(stderr, "echo_server: px_recv_pooled: %s\n", px_strerror(rc));
+    conn_close(c);
   }
-  memset(c, 0, offsetof(conn, buf));
-  c->srv = s;
+}
+
+/* The acceptor hands over each connection with its slot taken. */
+static void on_accept(px_acceptor *acc, px_fd fd, void *obj, px_conn_id id,
+                      void *data) {
+  conn *c = obj;
+  (void)acc;
+  (void)data;
   c->fd = fd;
-  c->next = s->conns;
-  if (s->conns != NULL)
-    s->conns->prev = c;
-  s->conns = c;
-  s->accepted++;
+  c->id = id;
+  c->state = CONN_OPEN;
+  g_srv.accepted++;
   /* Echo replies are small and latency-bound: do not let Nagle hold them. */
   int rc = px_tcp_nodelay(fd, 1);
   if (rc < 0)
     fprintf(stderr, "echo_server: px_tcp_nodelay: %s\n", px_strerror(rc));
   conn_recv(c);
-}
-
-/* ---- Accepting. -------------------------------------------------------- */
-
-static void on_accept_retry(px_loop *loop, px_op *op) {
-  (void)loop;
-  server *s = op->data;
-  if (!s->stopping)
-    post_accept(s, op);
-}
-
-static void on_accept(px_loop *loop, px_op *op) {
-  server *s = op->data;
-  if (op->result == 0) {
-    conn_start(s, px_op_fd(op));
-  } else if (op->result != PX_ECANCELED && !s->stopping) {
-    /* Out of descriptors or memory: retrying at once would spin, so this
-     * accept waits a little before it is posted again. */
-    fprintf(stderr, "echo_server: accept: %s\n", px_strerror(op->result));
-    int rc = px_timeout(loop, op, ACCEPT_RETRY_MS, on_accept_retry, s);
-    if (rc < 0)
-      fprintf(stderr, "echo_server: px_timeout: %s\n", px_strerror(rc));
-    return;
-  }
-  if (!s->stopping)
-    post_accept(s, op);
-}
-
-static void post_accept(server *s, px_op *op) {
-  int rc = px_accept(s->loop, op, s->listen_fd, on_accept, s);
-  if (rc < 0)
-    fprintf(stderr, "echo_server: px_accept: %s\n", px_strerror(rc));
 }
 
 /* ---- Stopping. --------------------------------------------------------- */
@@ -253,20 +235,48 @@ static void on_listen_closed(px_loop *loop, px_op *op) {
             px_strerror(op->result));
 }
 
+/* Closes one connection at stop.  One waiting for a buffer has an idle op;
+ * a busy one gets a close op of its own, and its pending op completes with
+ * PX_ECANCELED first (releasing any buffer it holds). */
+static void conn_stop(void *obj, px_conn_id id, void *ctx) {
+  conn *c = obj;
+  (void)id;
+  (void)ctx;
+  if (c->state == CONN_CLOSING)
+    return;
+  if (c->state == CONN_WAITING) {
+    conn_close(c);
+    return;
+  }
+  c->state = CONN_CLOSING;
+  px_op *op = &g_srv.stop_closes[g_srv.nstop_closes++];
+  int rc = px_close(g_srv.loop, op, c->fd, on_conn_closed, c);
+  if (rc < 0)
+    fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
+}
+
 /* Runs on the loop thread (px_post), so it may touch everything. */
 static void on_stop(px_loop *loop, px_op *op) {
   server *s = op->data;
   if (op->result < 0) /* PX_ECANCELED: the loop is being freed */
     return;
   s->stopping = 1;
+  s->wait_head = s->wait_tail = NULL; /* closed below with the rest */
+  px_acceptor_stop(s->acceptor);
+  s->acceptor = NULL;
   int rc =
       px_close(loop, &s->listen_close_op, s->listen_fd, on_listen_closed, s);
   if (rc < 0)
     fprintf(stderr, "echo_server: px_close listener: %s\n", px_strerror(rc));
-  for (conn *c = s->conns, *next; c != NULL; c = next) {
-    next = c->next; /* conn_close may free c */
-    conn_close(c);
+  px_pool_stats st;
+  px_connpool_stats(s->conns, &st);
+  s->stop_closes = calloc(st.in_use ? st.in_use : 1, sizeof(px_op));
+  if (s->stop_closes == NULL) {
+    fprintf(stderr, "echo_server: out of memory at stop\n");
+    px_stop(loop); /* px_loop_free will cancel what is left */
+    return;
   }
+  px_connpool_foreach(s->conns, conn_stop, s);
   /* px_run(DEFAULT) now returns once the closes have completed. */
 }
 
@@ -282,7 +292,7 @@ static void on_stop(px_loop *loop, px_op *op) {
  * Only the first signal posts (stop_op is then px's until it completes);
  * later ones find the stop already on its way.
  */
-static server *g_server;
+static server *g_server = &g_srv;
 static atomic_flag g_stop_requested = ATOMIC_FLAG_INIT;
 
 static void request_stop(void) {
@@ -354,10 +364,17 @@ static void signals_unwatch(void) {
 
 /* ---- Main. ------------------------------------------------------------- */
 
+typedef struct options {
+  const char *host;
+  int port, accepts, backlog, max_conns, buffers, buf_size;
+} options;
+
 static void usage(void) {
   fprintf(stderr,
-          "usage: echo_server --host IP --port N [--accepts N (1-%d)] "
-          "[--backlog N]\n",
+          "usage: echo_server --host IP --port N [--max-conns N] "
+          "[--buffers N]\n"
+          "                   [--buf-size BYTES (<= 65535)] "
+          "[--accepts N (1-%d)] [--backlog N]\n",
           MAX_ACCEPTS);
 }
 
@@ -370,19 +387,24 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
   return 0;
 }
 
-static int parse_args(int argc, char **argv, const char **host, int *port,
-                      int *accepts, int *backlog) {
+static int parse_args(int argc, char **argv, options *o) {
   for (int i = 1; i < argc; i += 2) {
     const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     int bad = val == NULL;
     if (!bad && strcmp(opt, "--host") == 0)
-      *host = val;
+      o->host = val;
     else if (!bad && strcmp(opt, "--port") == 0)
-      bad = parse_int(val, 0, 65535, port);
+      bad = parse_int(val, 0, 65535, &o->port);
     else if (!bad && strcmp(opt, "--accepts") == 0)
-      bad = parse_int(val, 1, MAX_ACCEPTS, accepts);
+      bad = parse_int(val, 1, MAX_ACCEPTS, &o->accepts);
     else if (!bad && strcmp(opt, "--backlog") == 0)
-      bad = parse_int(val, 1, 65535, backlog);
+      bad = parse_int(val, 1, 65535, &o->backlog);
+    else if (!bad && strcmp(opt, "--max-conns") == 0)
+      bad = parse_int(val, 1, 1 << 24, &o->max_conns);
+    else if (!bad && strcmp(opt, "--buffers") == 0)
+      bad = parse_int(val, 1, 32768, &o->buffers);
+    else if (!bad && strcmp(opt, "--buf-size") == 0)
+      bad = parse_int(val, 1, 65535, &o->buf_size);
     else
       bad = 1;
     if (bad) {
@@ -393,33 +415,44 @@ static int parse_args(int argc, char **argv, const char **host, int *port,
   return 0;
 }
 
-static void print_stats(px_loop *loop, uint64_t accepted) {
+static void print_stats(server *s) {
   px_stats st;
-  px_loop_stats(loop, &st);
+  px_pool_stats cs, bs;
+  px_loop_stats(s->loop, &st);
+  px_connpool_stats(s->conns, &cs);
+  px_bufpool_stats(s->bufs, &bs);
   printf("stats: connections=%llu submitted=%llu completed=%llu failed=%llu "
          "cancelled=%llu in_flight=%llu\n",
-         (unsigned long long)accepted, (unsigned long long)st.submitted,
+         (unsigned long long)s->accepted, (unsigned long long)st.submitted,
          (unsigned long long)st.completed, (unsigned long long)st.failed,
          (unsigned long long)st.cancelled, (unsigned long long)st.in_flight);
+  printf("pools: connections high-water %u of %u (full %llu times), buffers "
+         "high-water %u of %u, enobufs=%llu\n",
+         cs.high_water, cs.capacity, (unsigned long long)cs.exhausted,
+         bs.high_water, bs.capacity, (unsigned long long)s->enobufs);
   fflush(stdout);
 }
 
-static int serve(server *s) {
-  for (int i = 0; i < s->naccepts; i++)
-    post_accept(s, &s->accept_ops[i]);
-  int rc = px_run(s->loop, PX_RUN_DEFAULT);
-  if (rc < 0)
-    fprintf(stderr, "echo_server: px_run: %s\n", px_strerror(rc));
-  return rc < 0 ? 1 : 0;
+/* Pools, the listener and the acceptor; 0 or a PX_E* code. */
+static int server_open(server *s, const options *o, px_addr *local) {
+  int rc = px_connpool_new((uint32_t)o->max_conns, sizeof(conn), &s->conns);
+  if (rc == 0)
+    rc = px_bufpool_new(s->loop, (uint32_t)o->buffers, (uint32_t)o->buf_size,
+                        &s->bufs);
+  if (rc == 0)
+    rc = px_tcp_listen(s->loop, o->host, o->port, o->backlog, &s->listen_fd);
+  if (rc == 0)
+    rc = px_addr_local(s->listen_fd, local);
+  if (rc == 0)
+    rc = px_acceptor_start(s->loop, s->listen_fd, s->conns,
+                           (uint32_t)o->accepts, on_accept, s, &s->acceptor);
+  return rc;
 }
 
 int main(int argc, char **argv) {
-  const char *host = NULL;
-  int port = -1, backlog = 1024;
-  static server s; /* static: 256 accept ops are too big for some stacks */
-  s.naccepts = 16;
-  if (parse_args(argc, argv, &host, &port, &s.naccepts, &backlog) < 0 ||
-      host == NULL || port < 0) {
+  options o = {NULL, -1, 16, 1024, 10000, 1024, 16384};
+  server *s = &g_srv;
+  if (parse_args(argc, argv, &o) < 0 || o.host == NULL || o.port < 0) {
     usage();
     return 2;
   }
@@ -427,40 +460,42 @@ int main(int argc, char **argv) {
     fprintf(stderr, "echo_server: cannot block signals\n");
     return 1;
   }
-  int rc = px_loop_new(&s.loop, NULL);
+  int rc = px_loop_new(&s->loop, NULL);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_loop_new: %s\n", px_strerror(rc));
     return 1;
   }
   px_addr local;
-  rc = px_tcp_listen(s.loop, host, port, backlog, &s.listen_fd);
-  if (rc == 0)
-    rc = px_addr_local(s.listen_fd, &local);
-  if (rc < 0) {
-    fprintf(stderr, "echo_server: listen on %s:%d: %s\n", host, port,
-            px_strerror(rc));
-    if (px_loop_free(s.loop) < 0)
-      fprintf(stderr, "echo_server: px_loop_free failed\n");
-    return 1;
-  }
-  g_server = &s;
   int status = 1;
-  if (signals_watch() < 0) {
+  rc = server_open(s, &o, &local);
+  if (rc < 0) {
+    fprintf(stderr, "echo_server: listen on %s:%d: %s\n", o.host, o.port,
+            px_strerror(rc));
+  } else if (signals_watch() < 0) {
     fprintf(stderr, "echo_server: cannot watch signals\n");
   } else {
-    printf("px backend: %s\n", px_loop_backend_name(s.loop));
-    int v6 = strchr(host, ':') != NULL; /* an IPv6 address goes in [] */
-    printf("listening on %s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "",
+    printf("px backend: %s\n", px_loop_backend_name(s->loop));
+    int v6 = strchr(o.host, ':') != NULL; /* an IPv6 address goes in [] */
+    printf("listening on %s%s%s:%d\n", v6 ? "[" : "", o.host, v6 ? "]" : "",
            px_addr_port(&local));
     fflush(stdout);
-    status = serve(&s);
+    rc = px_run(s->loop, PX_RUN_DEFAULT);
+    if (rc < 0)
+      fprintf(stderr, "echo_server: px_run: %s\n", px_strerror(rc));
+    status = rc < 0 ? 1 : 0;
     signals_unwatch();
+    print_stats(s);
   }
-  print_stats(s.loop, s.accepted);
-  rc = px_loop_free(s.loop);
+  /* Freeing the loop ends what is left (the acceptor included). */
+  rc = px_loop_free(s->loop);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_loop_free: %s\n", px_strerror(rc));
     status = 1;
   }
+  free(s->stop_closes);
+  if (s->bufs != NULL && px_bufpool_free(s->bufs) < 0)
+    fprintf(stderr, "echo_server: buffers still out at exit\n");
+  if (s->conns != NULL && px_connpool_free(s->conns) < 0)
+    fprintf(stderr, "echo_server: connections still open at exit\n");
   return status;
 }

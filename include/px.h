@@ -359,6 +359,10 @@ PX_API void *px_conn_lookup(const px_connpool *pool, px_conn_id id);
 /* 0, or PX_ENOENT for a stale or bogus id (nothing changes then). */
 PX_API int px_conn_release(px_connpool *pool, px_conn_id id);
 PX_API void px_connpool_stats(const px_connpool *pool, px_pool_stats *out);
+/* Calls fn for every object handed out, in slot order (a server's "close
+ * them all" at shutdown); fn may release the object it is given. */
+typedef void (*px_conn_fn)(void *obj, px_conn_id id, void *ctx);
+PX_API void px_connpool_foreach(px_connpool *pool, px_conn_fn fn, void *ctx);
 
 /*
  * An acceptor keeps up to depth accepts posted on a listening handle, and
@@ -385,7 +389,8 @@ PX_API int px_acceptor_start(px_loop *loop, px_fd listener, px_connpool *pool,
                              uint32_t depth, px_accept_cb cb, void *data,
                              px_acceptor **out);
 /* Stops: pending accepts are cancelled and the acceptor frees itself once
- * they are done; cb is not called again.  (px_loop_free does the same.) */
+ * they are done; cb is not called again.  px_loop_free does the same to
+ * the loop's acceptors: do not stop one after freeing its loop. */
 PX_API void px_acceptor_stop(px_acceptor *acc);
 PX_API void px_acceptor_stats_get(const px_acceptor *acc,
                                   px_acceptor_stats *out);

@@ -35,6 +35,24 @@
  *   except for a warning status: a datagram longer than the buffer
  *   (WSAEMSGSIZE) is a success of the part that fits, as on POSIX, and
  *   without the skip mode its packet still comes.
+ * - A pooled receive chooses its buffer when data arrives, so a waiting
+ *   connection holds none: a zero-byte WSARecv waits for data, then a
+ *   buffer is taken and a non-blocking recv() fills it.  On a datagram
+ *   socket the zero-byte call peeks (MSG_PEEK): without it the datagram
+ *   would be taken and dropped, and a waiting datagram makes the peek end
+ *   with the WSAEMSGSIZE warning above.  A recv() that finds nothing (the
+ *   bytes went meanwhile) posts the zero-byte call again.  With the pool
+ *   empty nothing is read: PX_ENOBUFS, the bytes stay in the socket; a
+ *   one-byte peek first tells the end of the stream or an error apart, as
+ *   the posix_aio backend does.
+ * - The socket's non-blocking mode (FIONBIO, which overlapped calls
+ *   ignore) is set once, at its first pooled receive, and remembered in
+ *   the handle's state: setting it before each recv() would add a kernel
+ *   call to every receive (under wine a server round trip, 30-250 us).  It
+ *   is cleared when px closes the socket or the loop goes, because
+ *   closesocket on a non-blocking socket with an SO_LINGER timeout fails
+ *   with WSAEWOULDBLOCK and leaves it open.  Meanwhile a program's own
+ *   blocking call on that socket gets WSAEWOULDBLOCK.
  * - NTFS runs a write that extends a file synchronously even on an
  *   overlapped handle: appends block the loop for the time of the write.
  *   Under wine file calls always go pending, so the immediate-success path
@@ -130,6 +148,8 @@ typedef struct px__ih {
   uint8_t skip; /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set */
   uint8_t pos_known;
   uint8_t listening; /* a listening socket (checked when adopted) */
+  uint8_t dgram;     /* a message socket: a pooled receive peeks */
+  uint8_t nbio;      /* FIONBIO is set (at its first pooled receive) */
   uint16_t family;   /* sockets */
   px_fd base;        /* sockets: the base provider's handle, for CancelIoEx */
 } px__ih;
@@ -219,8 +239,10 @@ static int px__iocp_adopt(px_loop *loop, px_fd fd) {
     WSAPROTOCOL_INFOW info;
     int len = sizeof(info);
     if (getsockopt((SOCKET)fd, SOL_SOCKET, SO_PROTOCOL_INFOW, (char *)&info,
-                   &len) == 0)
+                   &len) == 0) {
       h->family = (uint16_t)info.iAddressFamily;
+      h->dgram = info.iSocketType != SOCK_STREAM;
+    }
     /* A layered provider hands out its own handle; CancelIoEx must name
      * the base provider's. */
     SOCKET base;
@@ -241,10 +263,20 @@ static int px__iocp_adopt(px_loop *loop, px_fd fd) {
   return 0;
 }
 
+/* A socket px lets go of (closed, or its loop freed) is blocking again, as
+ * it was made (see the notes on FIONBIO). */
+static void px__blocking_again(px__ih *h, px_fd fd) {
+  u_long off = 0;
+  if (h->nbio)
+    ioctlsocket((SOCKET)fd, FIONBIO, &off);
+}
+
 static void px__iocp_release(px_loop *loop, px_fd fd) {
   px__ih *h = px__ih_get(px__io(loop), fd);
-  if (h != NULL)
+  if (h != NULL) {
+    px__blocking_again(h, fd);
     memset(h, 0, sizeof(*h));
+  }
 }
 
 /* ---- Results known at once. -------------------------------------------- */
@@ -378,7 +410,7 @@ static bool px__is_vec(const px_op *op) {
 
 static bool px__is_read(const px_op *op) {
   return op->kind == PX__OP_READ || op->kind == PX__OP_READV ||
-         op->kind == PX__OP_RECV;
+         op->kind == PX__OP_RECV || op->kind == PX__OP_RECV_POOLED;
 }
 
 /* WSARecv or WSASend on bufs: the call's error (0: finished at once). */
@@ -433,6 +465,39 @@ static int px__socket_start(px_op *op, px__ih *h, DWORD *bytes) {
     *bytes = total;
     return 0;
   }
+  return px__outcome(op, err == 0, err, h->skip);
+}
+
+/* The read that follows a pooled receive's zero-byte call must not wait:
+ * the socket becomes non-blocking once, at its first pooled receive. */
+static int px__nonblocking(px__ih *h, px_fd fd) {
+  u_long on = 1;
+  if (h->nbio)
+    return 0;
+  if (ioctlsocket((SOCKET)fd, FIONBIO, &on) != 0)
+    return px__win_error((DWORD)WSAGetLastError());
+  h->nbio = 1;
+  return 0;
+}
+
+/* A pooled receive's zero-byte WSARecv, which holds no buffer and says
+ * data is waiting.  A datagram is peeked at: a receive of no bytes would
+ * take it and drop it.  1 pending, 0 done now, or a PX_E* code. */
+static int px__pooled_start(px_op *op, px__ih *h) {
+  static char none[1]; /* never written: its length is 0 */
+  int r = px__nonblocking(h, op->fd);
+  if (r < 0)
+    return r;
+  px__iop *io = px__iop_of(op);
+  WSABUF zero = {.len = 0, .buf = none};
+  DWORD bytes;
+  io->flags = h->dgram ? MSG_PEEK : 0;
+  int rc = WSARecv((SOCKET)op->fd, &zero, 1, &bytes, &io->flags, &io->ov, NULL);
+  DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+  /* A waiting datagram is longer than no bytes: the warning status of
+   * px__socket_start, with or without a packet as there. */
+  if (err == WSAEMSGSIZE)
+    return h->skip ? 0 : 1;
   return px__outcome(op, err == 0, err, h->skip);
 }
 
@@ -591,12 +656,89 @@ static void px__accept_done(px_loop *loop, px_op *op, DWORD err) {
   px__finish(loop, op, r);
 }
 
+static void px__pooled_finish(px_loop *loop, px_op *op, int32_t res,
+                              void *buf) {
+  px__iop_of(op)->where = PX__I_NONE;
+  px__complete_buf(loop, op, res, buf);
+}
+
+/* Woken for nothing (the bytes went, or a datagram's error was cleared):
+ * the zero-byte call again, unless op was stopped meanwhile. */
+static void px__pooled_again(px_loop *loop, px_op *op) {
+  int r = px__may_continue(loop, op) ? px__kick_off(loop, op) : PX_ECANCELED;
+  if (r < 0)
+    px__pooled_finish(loop, op, r, NULL);
+}
+
+/* With the pool empty, a one-byte peek tells data (PX_ENOBUFS, the bytes
+ * stay in the socket) from the end of the stream or an error, which need
+ * no buffer, as the posix_aio backend does.  On a datagram socket
+ * something is waiting: PX_ENOBUFS. */
+static void px__pooled_empty(px_loop *loop, px_op *op, px__ih *h) {
+  char byte;
+  int n = h->dgram ? 1 : recv((SOCKET)op->fd, &byte, 1, MSG_PEEK);
+  DWORD err = n >= 0 ? 0 : (DWORD)WSAGetLastError();
+  if (err == WSAEWOULDBLOCK) {
+    px__pooled_again(loop, op);
+    return;
+  }
+  int32_t res = err ? px__io_error(op, err) : 0; /* an error, or the end */
+  if (n > 0) {
+    px__buf_exhausted(op->buf);
+    res = PX_ENOBUFS;
+  }
+  px__pooled_finish(loop, op, res, NULL);
+}
+
+/* Data is waiting: a buffer now, and a read that does not wait. */
+static void px__pooled_read(px_loop *loop, px_op *op, px__ih *h) {
+  px_bufpool *p = op->buf;
+  if (p->slots.nfree == 0) {
+    px__pooled_empty(loop, op, h);
+    return;
+  }
+  uint32_t i = px__buf_take(p);
+  char *buf = px__buf_at(p, i);
+  int n = recv((SOCKET)op->fd, buf, (int)op->len, 0);
+  DWORD err = n >= 0 ? 0 : (DWORD)WSAGetLastError();
+  if (err == WSAEMSGSIZE) { /* a datagram cut to the buffer, as on POSIX */
+    n = (int)op->len;
+    err = 0;
+  }
+  if (n > 0) {
+    px__pooled_finish(loop, op, n, buf);
+    return;
+  }
+  px__buf_put(p, i);
+  if (err == WSAEWOULDBLOCK)
+    px__pooled_again(loop, op);
+  else
+    px__pooled_finish(loop, op, err ? px__io_error(op, err) : 0, NULL);
+}
+
+/* A pooled receive's zero-byte call finished (packet or at once). */
+static void px__pooled_done(px_loop *loop, px_op *op, px__ih *h, DWORD err) {
+  if (err == WSAEMSGSIZE)
+    err = 0; /* the peek found a datagram */
+  /* On a datagram socket an error (an ICMP answer to an earlier send)
+   * might stay queued under the peek: the read reports and clears it. */
+  bool dgram_error =
+      err != 0 && err != ERROR_OPERATION_ABORTED && h != NULL && h->dgram;
+  if ((err == 0 && h != NULL) || dgram_error)
+    px__pooled_read(loop, op, h);
+  else
+    px__pooled_finish(loop, op, err ? px__io_error(op, err) : PX_EBADF, NULL);
+}
+
 /* The result of a call that finished (packet or at once). */
 static void px__io_done(px_loop *loop, px_op *op, DWORD err, DWORD bytes) {
   px__ih *h = px__ih_get(px__io(loop), op->fd);
   switch (op->kind) {
     case PX__OP_ACCEPT:
       px__accept_done(loop, op, err);
+      return;
+    case PX__OP_RECV_POOLED:
+      px__pooled_done(loop, op, h, err);
       return;
     case PX__OP_CONNECT: {
       int r = err ? px__win_error(err) : 0;
@@ -648,6 +790,11 @@ static int px__kick_off(px_loop *loop, px_op *op) {
       break;
     case PX__OP_CONNECT:
       r = h->kind == PX__H_SOCKET ? px__connect_start(u, op, h) : PX_ENOTSOCK;
+      break;
+    case PX__OP_RECV_POOLED:
+      r = h->kind != PX__H_SOCKET ? PX_ENOTSOCK
+          : h->listening          ? PX_ENOTCONN
+                                  : px__pooled_start(op, h);
       break;
     case PX__OP_RECV:
     case PX__OP_SEND:
@@ -865,6 +1012,11 @@ static int px__iocp_init(px_loop *loop, const px_loop_opts *opts) {
 
 static void px__iocp_destroy(px_loop *loop) {
   px__iocp *u = px__io(loop);
+  for (size_t i = 0; i < u->nhs; i++) {
+    px_fd fd = (px_fd)(i << 2);
+    if (u->hs[i].used && px__fd_get(loop, fd) != NULL)
+      px__blocking_again(&u->hs[i], fd);
+  }
   CloseHandle(u->port);
   while (u->chunks != NULL) {
     px__achunk *next = u->chunks->next;

@@ -77,12 +77,13 @@ struct px__lanes {
   int fd[PX__LANES]; /* [0] is the handle itself */
   uint16_t busy[PX__LANES];
   uint8_t n;
+  px__fifo wait; /* file ops waiting for a free lane */
 };
 
 /* Where an op handed to the thread is (px__paop.phase, under mu). */
 enum {
   PX__PH_LANE = 1, /* on the loop side: waits for a free lane of its file */
-  PX__PH_QUEUED,     /* handed over, not started */
+  PX__PH_QUEUED,   /* handed over, not started */
   PX__PH_SLOT,     /* its request is in flight */
   PX__PH_RETRY,    /* refused by libc for now (EAGAIN) */
   PX__PH_DONE      /* finished, on its way back */
@@ -131,7 +132,6 @@ static void px__kick(px__aio *a) {
   while (write(a->kick_w, &one, 1) < 0 && errno == EINTR) {
   }
 }
-
 
 static bool px__is_vec(const px_op *op) {
   return op->kind == PX__OP_READV || op->kind == PX__OP_WRITEV;
@@ -620,9 +620,14 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
   }
   po->datasync = (op->flags & PX__F_DATASYNC) != 0;
   po->where = PX__W_AIO;
-  if (f->lane_wait.head != NULL || !px__hand_over(a, f, op)) {
+  if ((f->lanes != NULL && f->lanes->wait.head != NULL) ||
+      !px__hand_over(a, f, op)) {
+    if (f->lanes == NULL) { /* a second request, and no memory for lanes */
+      po->where = PX__W_NONE;
+      return PX_ENOMEM;
+    }
     po->phase = PX__PH_LANE; /* every lane of the file is busy */
-    px__fifo_push(&f->lane_wait, op);
+    px__fifo_push(&f->lanes->wait, op);
   }
   return 0;
 }
@@ -647,13 +652,9 @@ static void px__aio_complete(px_loop *loop, px__pa *pa, px_op *op,
     px__lane_drop(f, po->lane);
     /* The freed lane goes to the next op waiting on this file (off its
      * queue first: both queues link through op->next). */
-    px_op *next = px__fifo_pop(&f->lane_wait);
-    if (next != NULL && !px__hand_over(pa->aio, f, next)) {
-      next->next = f->lane_wait.head; /* cannot happen: a lane is free */
-      f->lane_wait.head = next;
-      if (f->lane_wait.tail == NULL)
-        f->lane_wait.tail = next;
-    }
+    px_op *next = f->lanes ? px__fifo_pop(&f->lanes->wait) : NULL;
+    if (next != NULL && !px__hand_over(pa->aio, f, next))
+      px__fifo_push_front(&f->lanes->wait, next); /* cannot happen */
   }
   po->where = PX__W_NONE;
   if (op->off == PX_CUR && op->kind != PX__OP_FSYNC && res > 0)
@@ -704,7 +705,7 @@ static void px__complete_now(px_loop *loop, px__pa *pa, px__fifo *now) {
 /* Takes the ops of f still waiting for a lane into now, cancelled. */
 static void px__lane_wait_cancel(px__pfd *f, px__fifo *now) {
   px_op *op;
-  while ((op = px__fifo_pop(&f->lane_wait)) != NULL) {
+  while (f->lanes != NULL && (op = px__fifo_pop(&f->lanes->wait)) != NULL) {
     px__pa_op(op)->res = PX_ECANCELED;
     px__fifo_push(now, op);
   }
@@ -714,7 +715,7 @@ int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op) {
   px__aio *a = pa->aio;
   px__fifo now = {0};
   if (px__pa_op(op)->phase == PX__PH_LANE) {
-    px__fifo_remove(&px__pa_fd(pa, (int)op->fd)->lane_wait, op);
+    px__fifo_remove(&px__pa_fd(pa, (int)op->fd)->lanes->wait, op);
     px__pa_op(op)->res = PX_ECANCELED;
     px__fifo_push(&now, op);
     px__complete_now(loop, pa, &now);

@@ -46,11 +46,10 @@ typedef struct px__lanes px__lanes;
 
 /* Per-handle state, indexed by fd. */
 typedef struct px__pfd {
-  px__fifo q[2];      /* ops waiting for readiness: [0] read, [1] write */
+  px__oq q[2];        /* ops waiting for readiness: [0] read, [1] write */
   px__lanes *lanes;   /* a file's extra descriptors for parallel AIO */
   int32_t run_next;   /* link of the run list, -1 at its end */
   uint16_t aio_busy;  /* AIO requests in flight on all its lanes */
-  px__fifo lane_wait; /* file ops waiting for a free lane */
   uint8_t ready;      /* PX__IN|PX__OUT: no call said EAGAIN since */
   uint8_t watched;    /* the interest the poller has */
   uint8_t on_run;     /* on the run list */
@@ -66,8 +65,9 @@ typedef struct px__pa {
   px__poller *poller;
   int wake_r, wake_w; /* px_loop_wakeup: an eventfd (r == w) or a pipe */
   px__pfd *fds;       /* by fd */
-  size_t nfds;
-  int32_t run_head; /* fds whose queued ops may run now; -1: none */
+  size_t nfds;        /* entries in use (zeroed or initialised) */
+  size_t fds_cap;     /* entries allocated */
+  int32_t run_head;   /* fds whose queued ops may run now; -1: none */
   int32_t run_tail;
   px__fifo done;   /* ops whose result is known */
   px__aio *aio;    /* file I/O, made at the first file op */

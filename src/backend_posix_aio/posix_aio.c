@@ -148,15 +148,29 @@ px__pfd *px__pa_fd_make(px_loop *loop, px__pa *pa, int fd) {
   if (fd < 0)
     return NULL;
   if ((size_t)fd >= pa->nfds) {
-    size_t n = pa->nfds ? pa->nfds : 64;
-    while (n <= (size_t)fd)
-      n *= 2;
-    px__pfd *t = px__realloc(pa->fds, n * sizeof(*t));
-    if (t == NULL)
-      return NULL;
-    memset(t + pa->nfds, 0, (n - pa->nfds) * sizeof(*t));
-    pa->fds = t;
-    pa->nfds = n;
+    /* As the core's handle table (fdtab.c): made zeroed at its full size,
+     * written only up to fd. */
+    if (pa->fds_cap == 0) {
+      size_t n = px__fd_table_size();
+      while (n <= (size_t)fd)
+        n *= 2;
+      pa->fds = px__calloc(n, sizeof(*pa->fds));
+      if (pa->fds == NULL)
+        return NULL;
+      pa->fds_cap = n;
+    } else if ((size_t)fd >= pa->fds_cap) {
+      size_t n = pa->fds_cap;
+      while (n <= (size_t)fd)
+        n *= 2;
+      px__pfd *t = px__realloc(pa->fds, n * sizeof(*t));
+      if (t == NULL)
+        return NULL;
+      pa->fds = t;
+      pa->fds_cap = n;
+    }
+    memset(pa->fds + pa->nfds, 0,
+           ((size_t)fd + 1 - pa->nfds) * sizeof(*pa->fds));
+    pa->nfds = (size_t)fd + 1;
   }
   px__pfd *f = &pa->fds[fd];
   if (!f->used) {
@@ -215,7 +229,7 @@ static int px__run_pop(px__pa *pa) {
 static int px__interest(px__pa *pa, int fd, px__pfd *f) {
   unsigned want = 0;
   for (unsigned d = 0; d < 2; d++)
-    if (f->q[d].head != NULL && !(f->ready & (1u << d)))
+    if (f->q[d].tail != NULL && !(f->ready & (1u << d)))
       want |= 1u << d;
   if (want == f->watched || f->unpollable)
     return 0;
@@ -407,7 +421,7 @@ static void px__wait_fail(px_loop *loop, px__pa *pa, int fd, int32_t err) {
     /* Completing the last op may start the close, which releases the
      * entry: look it up each time. */
     while ((f = px__pa_fd(pa, fd)) != NULL &&
-           (op = px__fifo_pop(&f->q[d])) != NULL) {
+           (op = px__oq_pop(&f->q[d])) != NULL) {
       px__pa_op(op)->where = PX__W_NONE;
       px__complete(loop, op, err);
     }
@@ -421,13 +435,13 @@ static void px__run_fd(px_loop *loop, px__pa *pa, int fd) {
       /* Completing an op may start the next one on this fd (and only on
        * this fd): look the entry up again each time. */
       px__pfd *f = px__pa_fd(pa, fd);
-      if (f == NULL || !(f->ready & (1u << d)) || f->q[d].head == NULL)
+      if (f == NULL || !(f->ready & (1u << d)) || f->q[d].tail == NULL)
         break;
-      px_op *op = f->q[d].head;
+      px_op *op = px__oq_head(&f->q[d]);
       int32_t r = px__attempt(pa, op, f);
       if (r == PX__AGAIN)
         break;
-      px__fifo_pop(&f->q[d]);
+      px__oq_pop(&f->q[d]);
       px__pa_op(op)->where = PX__W_NONE;
       if (op->kind == PX__OP_RECV_POOLED)
         px__complete_buf(loop, op, r,
@@ -458,8 +472,8 @@ static int px__ready_submit(px_loop *loop, px__pa *pa, px_op *op) {
     f->ready &= (uint8_t)~PX__OUT; /* wait for the connection */
   }
   px__pa_op(op)->where = PX__W_READY;
-  bool first = f->q[d].head == NULL;
-  px__fifo_push(&f->q[d], op);
+  bool first = f->q[d].tail == NULL;
+  px__oq_push(&f->q[d], op);
   if (!first)
     return 0;
   if (f->ready & (1u << d)) {
@@ -468,7 +482,7 @@ static int px__ready_submit(px_loop *loop, px__pa *pa, px_op *op) {
   }
   int r = px__interest(pa, fd, f);
   if (r < 0) {
-    px__fifo_remove(&f->q[d], op);
+    px__oq_remove(&f->q[d], op);
     px__pa_op(op)->where = PX__W_NONE;
   }
   return r;
@@ -512,7 +526,7 @@ static bool px__unqueue(px__pa *pa, px_op *op) {
     return false;
   int fd = (int)op->fd;
   px__pfd *f = px__pa_fd(pa, fd);
-  px__fifo_remove(&f->q[px__side(op)], op);
+  px__oq_remove(&f->q[px__side(op)], op);
   px__pa_op(op)->where = PX__W_NONE;
   px__interest(pa, fd, f);
   return true;

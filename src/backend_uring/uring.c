@@ -103,6 +103,7 @@ typedef struct PX__MAY_ALIAS px__uop {
   uint8_t cqes;                /* CQEs still to come */
   uint8_t timer_fired;
   uint8_t on_ovf;
+  uint8_t stop; /* a cancel was asked for */
 } px__uop;
 
 _Static_assert(sizeof(px__uop) <= sizeof(((px_op *)0)->backend),
@@ -209,10 +210,20 @@ typedef struct px__ubr {
   uint32_t avail;  /* lent buffers the kernel has not taken */
   uint32_t single; /* single-shot pooled receives in flight */
   uint32_t multi;  /* multishot ones */
+  uint32_t cap;    /* the most the ring holds (grows on demand) */
 } px__ubr;
 
+/* The kernel takes ring buffers in the order they were added, so every
+ * buffer in the ring gets used in turn: a ring of all 1024 buffers for
+ * 10,000 idle connections would touch 4 MiB for nothing.  The ring holds
+ * at most cap buffers, starting at PX__RING_CAP0 and doubling whenever a
+ * receive found it empty while the pool still had free buffers (that
+ * receive is then issued again instead of failing). */
+#define PX__RING_CAP0 16u
+
 static uint32_t px__ubr_want(const px_bufpool *p, const px__ubr *r) {
-  return r->multi > 0 ? p->slots.capacity : r->single;
+  uint32_t w = r->multi > 0 ? p->slots.capacity : r->single;
+  return w < r->cap ? w : r->cap;
 }
 
 static void px__ubr_put(px_bufpool *p, px__ubr *r, uint32_t i, int at) {
@@ -251,6 +262,8 @@ static int px__ubr_attach(px__uring *u, px_bufpool *p) {
   memset(mem, 0, len);
   r->br = mem;
   r->mask = entries - 1;
+  r->cap =
+      p->slots.capacity < PX__RING_CAP0 ? p->slots.capacity : PX__RING_CAP0;
   r->bgid = u->next_bgid++;
   io_uring_buf_ring_init(r->br);
   struct io_uring_buf_reg reg;
@@ -470,6 +483,7 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
 
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
+  px__uop_of(op)->stop = 0;
   if (op->kind == PX__OP_RECV_POOLED) {
     int r = px__ubr_attach(u, op->buf);
     if (r < 0)
@@ -484,6 +498,7 @@ static int px__uring_submit(px_loop *loop, px_op *op) {
 
 static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   px__uring *u = px__u(loop);
+  px__uop_of(target)->stop = 1;
   if (px__uop_of(target)->on_ovf) {
     px__fifo_remove(&u->ovf, target);
     px__uop_of(target)->on_ovf = 0;
@@ -563,6 +578,25 @@ static bool px__cqe_pooled(px_loop *loop, px_op *op, int32_t res,
   return false;
 }
 
+/* A pooled receive found the ring empty while the pool has free buffers:
+ * the ring grows and the receive goes again (unless it was asked to stop:
+ * a cancel, its deadline, a close of its handle, the loop's end). */
+static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op) {
+  px__uop *uo = px__uop_of(op);
+  px_bufpool *p = op->buf;
+  px__ubr *r = p->bk;
+  px__fdent *e = px__fd_get(loop, op->fd);
+  if (uo->res != -ENOBUFS || uo->timer_fired || uo->stop || u->stopping ||
+      e == NULL || e->closing != NULL || p->slots.nfree == 0)
+    return false;
+  if (r->cap < p->slots.capacity)
+    r->cap = r->cap * 2 < p->slots.capacity ? r->cap * 2 : p->slots.capacity;
+  px__ubr_top_up(p);
+  if (u->ovf.head != NULL || !px__prep(u, op))
+    px__ovf_push(u, op);
+  return true;
+}
+
 /* One CQE.  Only this function is long: it is the reaping loop's body. */
 static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
                     uint32_t flags) {
@@ -586,6 +620,8 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
     uo->res = res;
   }
   if (--uo->cqes > 0)
+    return;
+  if (op->kind == PX__OP_RECV_POOLED && px__pooled_again(loop, u, op))
     return;
   px__op_end(u, op);
   res = uo->res;

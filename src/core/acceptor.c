@@ -35,10 +35,11 @@ struct px_acceptor {
 static void px__acc_post(px_acceptor *a);
 static void px__acc_timer(px_loop *loop, px_op *op);
 
-/* A stopped acceptor goes once nothing of it is in flight (a broken one
- * stays until px_acceptor_stop). */
+/* A stopped acceptor goes once nothing of it is in flight, and so does
+ * one whose loop is being freed (a broken one stays until
+ * px_acceptor_stop). */
 static void px__acc_end(px_acceptor *a) {
-  if (a->in_flight > 0 || !a->stopped)
+  if (a->in_flight > 0 || !(a->stopped || a->loop->closing))
     return;
   a->pool->on_release = NULL;
   a->pool->ctx = NULL;

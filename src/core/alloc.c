@@ -24,6 +24,11 @@ void *px__malloc(size_t n) {
 void *px__calloc(size_t n, size_t size) {
   if (size != 0 && n > SIZE_MAX / size)
     return NULL;
+  /* libc's calloc hands out fresh pages untouched (the handle tables are
+   * sized for every descriptor and cost only what is used); a replaced
+   * allocator gets malloc and memset. */
+  if (px__m == malloc && px__f == free)
+    return calloc(n, size);
   void *p = px__m(n * size);
   if (p != NULL)
     memset(p, 0, n * size);

@@ -32,16 +32,39 @@ px__fdent *px__fd_get(px_loop *loop, px_fd fd) {
   return &loop->fds[i];
 }
 
+size_t px__fd_table_size(void) {
+  size_t n = px__os_fd_limit();
+  return n < 64 ? 64 : n > ((size_t)1 << 20) ? (size_t)1 << 20 : n;
+}
+
+/*
+ * Entries up to need exist and are zeroed.  The first allocation has room
+ * for every descriptor the process may open, zeroed by calloc (fresh pages
+ * the program never touched cost no memory), so a table that fills up is
+ * never copied: an idle connection costs its one entry.  Beyond that
+ * (Windows handles, a raised limit) the table doubles.
+ */
 static int px__fd_grow(px_loop *loop, size_t need) {
-  size_t n = loop->nfds ? loop->nfds : 64;
-  while (n < need)
-    n *= 2;
-  px__fdent *t = px__realloc(loop->fds, n * sizeof(*t));
-  if (t == NULL)
-    return PX_ENOMEM;
-  memset(t + loop->nfds, 0, (n - loop->nfds) * sizeof(*t));
-  loop->fds = t;
-  loop->nfds = n;
+  if (loop->fds_cap == 0) {
+    size_t n = px__fd_table_size();
+    while (n < need)
+      n *= 2;
+    loop->fds = px__calloc(n, sizeof(*loop->fds));
+    if (loop->fds == NULL)
+      return PX_ENOMEM;
+    loop->fds_cap = n;
+  } else if (need > loop->fds_cap) {
+    size_t n = loop->fds_cap;
+    while (n < need)
+      n *= 2;
+    px__fdent *t = px__realloc(loop->fds, n * sizeof(*t));
+    if (t == NULL)
+      return PX_ENOMEM;
+    loop->fds = t;
+    loop->fds_cap = n;
+  }
+  memset(loop->fds + loop->nfds, 0, (need - loop->nfds) * sizeof(*loop->fds));
+  loop->nfds = need;
   return 0;
 }
 
@@ -75,5 +98,5 @@ px_fd px__fd_at(size_t index) {
 void px__fdtab_free(px_loop *loop) {
   px__free(loop->fds);
   loop->fds = NULL;
-  loop->nfds = 0;
+  loop->nfds = loop->fds_cap = 0;
 }

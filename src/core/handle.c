@@ -35,8 +35,8 @@ int px_fd_close(px_loop *loop, px_fd fd) {
     return PX_EBADF;
   if (loop != NULL) {
     px__fdent *e = px__fd_get(loop, fd);
-    if (e != NULL && (e->started || e->closing || e->dir[0].waiting.head ||
-                      e->dir[1].waiting.head))
+    if (e != NULL &&
+        (e->started || e->closing || e->waiting[0].tail || e->waiting[1].tail))
       return PX_EBUSY;
     if (e != NULL && PX__BK(loop)->release != NULL)
       PX__BK(loop)->release(loop, fd);

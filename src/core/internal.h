@@ -91,24 +91,59 @@ static inline px_op *px__fifo_pop(px__fifo *f) {
 /* Unlinks op (an O(n) walk: for cancellations, not the hot path). */
 bool px__fifo_remove(px__fifo *f, px_op *op);
 
-/* One direction of a handle's stream ops. */
-typedef struct px__dir {
-  px__fifo waiting; /* not started yet */
-  uint8_t busy;     /* one is started */
-} px__dir;
+/*
+ * A FIFO of ops held by one pointer: the tail, whose next is the head (a
+ * circle).  Per-handle queues use it, one word each instead of two,
+ * because a handle's state is most of what an idle connection costs.
+ */
+typedef struct px__oq {
+  px_op *tail;
+} px__oq;
+
+static inline px_op *px__oq_head(const px__oq *q) {
+  return q->tail != NULL ? q->tail->next : NULL;
+}
+
+static inline void px__oq_push(px__oq *q, px_op *op) {
+  if (q->tail == NULL) {
+    op->next = op;
+  } else {
+    op->next = q->tail->next;
+    q->tail->next = op;
+  }
+  q->tail = op;
+}
+
+static inline px_op *px__oq_pop(px__oq *q) {
+  px_op *tail = q->tail;
+  if (tail == NULL)
+    return NULL;
+  px_op *head = tail->next;
+  if (head == tail)
+    q->tail = NULL;
+  else
+    tail->next = head->next;
+  head->next = NULL;
+  return head;
+}
+
+/* Unlinks op (an O(n) walk: for cancellations, not the hot path). */
+bool px__oq_remove(px__oq *q, px_op *op);
 
 /* Per-handle state: stream queues and the count of started ops. */
 typedef struct px__fdent {
-  px__dir dir[2];   /* [0] reads, [1] writes */
-  px_op *closing;   /* close waiting for started ops to finish */
-  uint32_t started; /* ops on this handle inside the backend */
+  px__oq waiting[2]; /* stream ops not started: [0] reads, [1] writes */
+  px_op *closing;    /* close waiting for started ops to finish */
+  uint32_t started;  /* ops on this handle inside the backend */
+  uint8_t busy[2];   /* a stream op of that direction is started */
   uint8_t known;
   uint8_t stream; /* not a regular file: pipe, socket, device */
   uint8_t append; /* Windows: opened with PX_O_APPEND */
 } px__fdent;
 
-static inline px__dir *px__dir_of(px__fdent *e, const px_op *op) {
-  return &e->dir[(op->flags & PX__F_WRITEQ) != 0];
+/* The stream direction of op: 0 reads, 1 writes. */
+static inline unsigned px__dir_of(const px_op *op) {
+  return (op->flags & PX__F_WRITEQ) != 0;
 }
 
 struct px_loop {
@@ -127,7 +162,8 @@ struct px_loop {
   uint32_t timer_seq; /* ties between equal timers keep submission order */
 
   px__fdent *fds; /* indexed by px__fd_index */
-  size_t nfds;
+  size_t nfds;    /* entries in use (zeroed or known) */
+  size_t fds_cap; /* entries allocated */
 
   _Atomic(px_op *) post_head;  /* Treiber stack, newest first */
   atomic_uint_fast64_t posted; /* posts pushed (any thread) */
@@ -184,6 +220,12 @@ void px__cancel_op(px_loop *loop, px_op *target);
 
 /* time_*.c: lets other threads run (a short wait in px_loop_free). */
 void px__os_yield(void);
+/* time_*.c: the process's open-descriptor limit, 0 if none applies. */
+size_t px__os_fd_limit(void);
+/* fdtab.c: the first size of a table indexed by descriptor: room for
+ * every descriptor the process may open (up to 1 << 20), allocated zeroed
+ * and so untouched until used. */
+size_t px__fd_table_size(void);
 
 /* addr.c: a px_addr's address family (AF_*). */
 int px__addr_family(const px_addr *addr);

@@ -126,6 +126,29 @@ static int px__dispatch(px_loop *loop) {
   return n;
 }
 
+bool px__oq_remove(px__oq *q, px_op *op) {
+  px_op *tail = q->tail;
+  if (tail == NULL)
+    return false;
+  px_op *prev = tail;
+  do {
+    px_op *it = prev->next;
+    if (it == op) {
+      if (it == prev) { /* the only one */
+        q->tail = NULL;
+      } else {
+        prev->next = it->next;
+        if (q->tail == it)
+          q->tail = prev;
+      }
+      op->next = NULL;
+      return true;
+    }
+    prev = it;
+  } while (prev != tail);
+  return false;
+}
+
 bool px__fifo_remove(px__fifo *f, px_op *op) {
   px_op *prev = NULL;
   for (px_op *it = f->head; it != NULL; prev = it, it = it->next) {
@@ -167,13 +190,13 @@ bool px__start(px_loop *loop, px_op *op, px__fdent *e) {
 }
 
 /* The next stream op of a direction starts when the previous one is done. */
-static void px__stream_next(px_loop *loop, px__fdent *e, px__dir *d) {
+static void px__stream_next(px_loop *loop, px__fdent *e, unsigned d) {
   px_op *next;
-  d->busy = 1;
-  while ((next = px__fifo_pop(&d->waiting)) != NULL)
+  e->busy[d] = 1;
+  while ((next = px__oq_pop(&e->waiting[d])) != NULL)
     if (px__start(loop, next, e))
       return;
-  d->busy = 0;
+  e->busy[d] = 0;
 }
 
 void px__close_start(px_loop *loop, px__fdent *e) {
@@ -208,7 +231,7 @@ static void px__handle_done(px_loop *loop, px_op *op) {
     return;
   e->started--;
   if ((op->flags & PX__F_STREAM) && e->closing == NULL)
-    px__stream_next(loop, e, px__dir_of(e, op));
+    px__stream_next(loop, e, px__dir_of(op));
   if (e->closing != NULL && e->started == 0)
     px__close_start(loop, e);
 }
@@ -260,7 +283,7 @@ static void px__timers_run(px_loop *loop) {
     if (op->kind == PX__OP_TIMEOUT) {
       px__ready_push(loop, op, 0);
     } else if (op->state == PX__QUEUED) {
-      px__fifo_remove(&px__dir_of(px__fd_get(loop, op->fd), op)->waiting, op);
+      px__oq_remove(&px__fd_get(loop, op->fd)->waiting[px__dir_of(op)], op);
       px__ready_push(loop, op, PX_ETIMEDOUT);
     } else if (op->state == PX__STARTED) {
       op->flags |= PX__F_TIMEDOUT;
@@ -517,7 +540,7 @@ static void px__cancel_core_ops(px_loop *loop) {
   }
   for (size_t i = 0; i < loop->nfds; i++) {
     for (int d = 0; d < 2; d++)
-      while ((op = px__fifo_pop(&loop->fds[i].dir[d].waiting)) != NULL)
+      while ((op = px__oq_pop(&loop->fds[i].waiting[d])) != NULL)
         px__ready_push(loop, op, PX_ECANCELED);
   }
 }

@@ -313,3 +313,14 @@ void px_connpool_stats(const px_connpool *pool, px_pool_stats *out) {
   if (pool != NULL && out != NULL)
     px__slots_stats(&pool->slots, 0, out);
 }
+
+void px_connpool_foreach(px_connpool *pool, px_conn_fn fn, void *ctx) {
+  if (pool == NULL || fn == NULL)
+    return;
+  for (uint32_t i = 0; i < pool->slots.capacity; i++) {
+    uint32_t gen = px__gen(pool)[i];
+    if (gen & 1u)
+      fn(pool->slots.slab + (size_t)i * pool->slots.stride, px__conn_id(i, gen),
+         ctx);
+  }
+}

@@ -79,15 +79,15 @@ static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
  * direction, everything else starts now. */
 static int px__route(px_loop *loop, px_op *op, px__fdent *e) {
   if (op->flags & PX__F_STREAM) {
-    px__dir *d = px__dir_of(e, op);
-    if (d->busy) {
+    unsigned d = px__dir_of(op);
+    if (e->busy[d]) {
       op->state = PX__QUEUED;
-      px__fifo_push(&d->waiting, op);
+      px__oq_push(&e->waiting[d], op);
       return 0;
     }
-    d->busy = 1;
+    e->busy[d] = 1;
     if (!px__start(loop, op, e))
-      d->busy = 0; /* refused: op completes with the error, nothing waits */
+      e->busy[d] = 0; /* refused: op completes with the error, nothing waits */
     return 0;
   }
   px__start(loop, op, e);
@@ -260,9 +260,9 @@ int px_fsync(px_loop *loop, px_op *op, px_fd fd, unsigned flags, px_cb cb,
   return px__handle_op(loop, op, PX__OP_FSYNC, fd, NULL, f, cb, data);
 }
 
-static void px__cancel_queue(px_loop *loop, px__fifo *f) {
+static void px__cancel_queue(px_loop *loop, px__oq *q) {
   px_op *op;
-  while ((op = px__fifo_pop(f)) != NULL) {
+  while ((op = px__oq_pop(q)) != NULL) {
     px__heap_remove(loop, op);
     px__ready_push(loop, op, PX_ECANCELED);
   }
@@ -285,8 +285,8 @@ int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
     return r;
   op->state = PX__CLOSING;
   e->closing = op;
-  px__cancel_queue(loop, &e->dir[0].waiting);
-  px__cancel_queue(loop, &e->dir[1].waiting);
+  px__cancel_queue(loop, &e->waiting[0]);
+  px__cancel_queue(loop, &e->waiting[1]);
   if (e->started == 0)
     px__close_start(loop, e);
   else
@@ -335,8 +335,8 @@ static int32_t px__cancel_target(px_loop *loop, px_op *op, px_op *target) {
       px__ready_push(loop, target, PX_ECANCELED);
       return 0;
     case PX__QUEUED:
-      px__fifo_remove(
-          &px__dir_of(px__fd_get(loop, target->fd), target)->waiting, target);
+      px__oq_remove(&px__fd_get(loop, target->fd)->waiting[px__dir_of(target)],
+                    target);
       px__heap_remove(loop, target);
       px__ready_push(loop, target, PX_ECANCELED);
       return 0;

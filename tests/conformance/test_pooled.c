@@ -339,8 +339,9 @@ static void echo_received(px_loop *loop, px_op *op) {
   if (op->result == PX_ENOBUFS) {
     c->srv->enobufs++;
     echo_park(c->srv, c);
-    /* A buffer came back while this receive was out: its turn now. */
-    if (pool_in_use(c->srv->pool) < 2)
+    /* Each buffer that comes back wakes the next in line; with none out,
+     * none will come back: the line moves now. */
+    if (pool_in_use(c->srv->pool) == 0)
       echo_wake_one(c->srv);
     return;
   }
@@ -611,4 +612,94 @@ void pooled_multishot_cancel_ends_it_after_its_deliveries(void **state) {
   assert_int_equal(pool_in_use(pool), 0);
   assert_int_equal(px_bufpool_free(pool), 0);
   finish(loop);
+}
+
+/* ---- The acceptor: backpressure from the connection pool. ---------------- */
+
+typedef struct acc_rec {
+  int calls;
+  px_fd fds[8];
+  px_conn_id ids[8];
+  void *objs[8];
+} acc_rec;
+
+static void acc_cb(px_acceptor *acc, px_fd fd, void *conn, px_conn_id id,
+                   void *data) {
+  acc_rec *r = data;
+  (void)acc;
+  assert_true(r->calls < 8);
+  r->fds[r->calls] = fd;
+  r->ids[r->calls] = id;
+  r->objs[r->calls] = conn;
+  r->calls++;
+}
+
+void acceptor_pauses_while_the_pool_is_full_and_resumes_on_release(
+    void **state) {
+  px_loop *loop = new_loop();
+  px_connpool *pool = NULL;
+  px_acceptor *acc = NULL;
+  px_acceptor_stats st;
+  acc_rec ar = {0};
+  int port;
+  px_fd l = tcp_listener(loop, &port);
+  px_fd c[3];
+  px_op cop[3] = {{0}};
+  rec cr[3] = {{0}};
+  px_addr to;
+  (void)state;
+  assert_int_equal(px_connpool_new(2, 64, &pool), 0);
+  assert_int_equal(px_acceptor_start(loop, l, pool, 0, acc_cb, &ar, &acc),
+                   PX_EINVAL);
+  assert_int_equal(px_acceptor_start(loop, l, pool, 4, acc_cb, &ar, &acc), 0);
+  /* One acceptor per pool, and the pool stays while it runs. */
+  px_acceptor *second = NULL;
+  assert_int_equal(px_acceptor_start(loop, l, pool, 4, acc_cb, &ar, &second),
+                   PX_EBUSY);
+  assert_int_equal(px_connpool_free(pool), PX_EBUSY);
+  px_acceptor_stats_get(acc, &st);
+  assert_int_equal(st.posted, 2); /* no more than the pool has room for */
+  assert_int_equal(px_addr_set(&to, "127.0.0.1", port), 0);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(px_tcp_socket(loop, &to, &c[i]), 0);
+    assert_int_equal(px_connect(loop, &cop[i], c[i], &to, rec_cb, &cr[i]), 0);
+  }
+  /* All three connect (the kernel's backlog holds the third); two are
+   * accepted and then the full pool stops the acceptor. */
+  RUN_UNTIL(loop, ar.calls == 2 && cr[0].calls + cr[1].calls + cr[2].calls == 3,
+            5000);
+  settle(loop);
+  assert_int_equal(ar.calls, 2);
+  px_acceptor_stats_get(acc, &st);
+  assert_int_equal(st.accepted, 2);
+  assert_int_equal(st.posted, 0);
+  assert_true(st.paused >= 1);
+  for (int i = 0; i < 2; i++) {
+    assert_ptr_equal(px_conn_lookup(pool, ar.ids[i]), ar.objs[i]);
+    assert_true(ar.fds[i] != PX_INVALID_FD);
+  }
+  /* A slot released: the acceptor takes the waiting connection. */
+  close_fd(loop, ar.fds[0]);
+  assert_int_equal(px_conn_release(pool, ar.ids[0]), 0);
+  assert_null(px_conn_lookup(pool, ar.ids[0])); /* stale for good */
+  RUN_UNTIL(loop, ar.calls == 3, 5000);
+  assert_true(ar.ids[2] != ar.ids[0]);
+  assert_ptr_equal(px_conn_lookup(pool, ar.ids[2]), ar.objs[2]);
+  px_acceptor_stats_get(acc, &st);
+  assert_int_equal(st.accepted, 3);
+  assert_int_equal(st.failed, 0);
+  /* Stopped, it cancels what it posted and goes away by itself. */
+  px_acceptor_stop(acc);
+  assert_int_equal(px_connpool_free(pool), PX_EBUSY); /* slots held */
+  for (int i = 1; i < 3; i++) {
+    close_fd(loop, ar.fds[i]);
+    assert_int_equal(px_conn_release(pool, ar.ids[i]), 0);
+  }
+  settle(loop);
+  assert_int_equal(ar.calls, 3);
+  for (int i = 0; i < 3; i++)
+    close_fd(loop, c[i]);
+  close_fd(loop, l);
+  finish(loop);
+  assert_int_equal(px_connpool_free(pool), 0);
 }
