@@ -703,3 +703,67 @@ void acceptor_pauses_while_the_pool_is_full_and_resumes_on_release(
   finish(loop);
   assert_int_equal(px_connpool_free(pool), 0);
 }
+
+/* px_wait hands a multishot op back once per call, one delivery each
+ * time, in order (the rest wait for the next call). */
+void pooled_multishot_deliveries_come_through_px_wait_in_order(void **state) {
+  px_loop *loop = new_loop();
+  px_bufpool *pool = pool_new(loop, 16, 8);
+  px_fd sp[2];
+  px_op op = {0};
+  unsigned char msg[64], got[64];
+  size_t len = 0;
+  int last = 0, calls = 0;
+  (void)state;
+  socketpair_new(loop, sp);
+  for (size_t i = 0; i < sizeof(msg); i++)
+    msg[i] = (unsigned char)(i * 3 + 7);
+  assert_int_equal(sync_send(loop, sp[0], msg, sizeof(msg)), (int)sizeof(msg));
+  assert_int_equal(
+      px_recv_pooled_ex(loop, &op, sp[1], pool, PX_RECV_MULTISHOT, NULL, NULL),
+      0);
+  uint64_t dl = pt_now_ms() + 5000;
+  while (len < sizeof(msg) && pt_now_ms() < dl) {
+    px_op *out[8];
+    int n = px_wait(loop, out, 8, 100);
+    assert_true(n >= 0 && n <= 1); /* the one op, at most once per call */
+    if (n == 0)
+      continue;
+    calls++;
+    assert_ptr_equal(out[0], &op);
+    assert_true(op.result > 0);
+    void *buf = px_op_buf(&op);
+    assert_non_null(buf);
+    memcpy(got + len, buf, (size_t)op.result);
+    len += (size_t)op.result;
+    assert_int_equal(px_buf_release(pool, buf), 0);
+    if (!px_op_more(&op) && len < sizeof(msg))
+      assert_int_equal(px_recv_pooled_ex(loop, &op, sp[1], pool,
+                                         PX_RECV_MULTISHOT, NULL, NULL),
+                       0);
+  }
+  assert_int_equal(len, sizeof(msg));
+  assert_memory_equal(got, msg, sizeof(msg));
+  assert_true(calls >= (int)(sizeof(msg) / 8));
+  /* Its end comes the same way: px_op_more 0 and the end of the stream. */
+  if (!px_op_more(&op))
+    assert_int_equal(px_recv_pooled_ex(loop, &op, sp[1], pool,
+                                       PX_RECV_MULTISHOT, NULL, NULL),
+                     0);
+  close_fd(loop, sp[0]);
+  dl = pt_now_ms() + 5000;
+  while (!last && pt_now_ms() < dl) {
+    px_op *out[8];
+    int n = px_wait(loop, out, 8, 100);
+    assert_true(n >= 0 && n <= 1);
+    if (n == 1) {
+      assert_int_equal(op.result, 0);
+      last = !px_op_more(&op);
+    }
+  }
+  assert_true(last);
+  assert_int_equal(pool_in_use(pool), 0);
+  close_fd(loop, sp[1]);
+  assert_int_equal(px_bufpool_free(pool), 0);
+  finish(loop);
+}

@@ -208,6 +208,68 @@ static void connpool_refuses_bogus_ids_and_sizes(void **state) {
   assert_int_equal(px_connpool_free(p), 0);
 }
 
+typedef struct seen {
+  int n;
+  px_conn_id ids[8];
+  px_connpool *release_in; /* release each object visited, if set */
+} seen;
+
+static void visit(void *obj, px_conn_id id, void *ctx) {
+  seen *v = ctx;
+  assert_true(v->n < 8);
+  assert_non_null(obj);
+  v->ids[v->n++] = id;
+  if (v->release_in != NULL)
+    assert_int_equal(px_conn_release(v->release_in, id), 0);
+}
+
+static void connpool_foreach_visits_each_live_object_once(void **state) {
+  px_connpool *p;
+  px_conn_id id[4];
+  px_pool_stats s;
+  seen v = {0};
+  (void)state;
+  assert_int_equal(px_connpool_new(4, sizeof(conn), &p), 0);
+  for (int i = 0; i < 4; i++)
+    assert_non_null(px_conn_get(p, &id[i]));
+  assert_int_equal(px_conn_release(p, id[1]), 0);
+  px_connpool_foreach(p, visit, &v);
+  assert_int_equal(v.n, 3);
+  assert_true(v.ids[0] == id[0] && v.ids[1] == id[2] && v.ids[2] == id[3]);
+  /* The visitor may release what it is given: afterwards none is left. */
+  seen w = {0, {0}, p};
+  px_connpool_foreach(p, visit, &w);
+  assert_int_equal(w.n, 3);
+  px_connpool_stats(p, &s);
+  stats_are(&s, 4, 0, 4, 0);
+  seen none = {0};
+  px_connpool_foreach(p, visit, &none);
+  assert_int_equal(none.n, 0);
+  px_connpool_foreach(NULL, visit, &none); /* ignored */
+  px_connpool_foreach(p, NULL, &none);
+  assert_int_equal(px_connpool_free(p), 0);
+}
+
+/* A pool may outlive its loop: it is then a plain slab. */
+static void bufpool_outlives_its_loop(void **state) {
+  px_loop *loop;
+  px_bufpool *p;
+  px_pool_stats s;
+  (void)state;
+  assert_int_equal(px_loop_new(&loop, NULL), 0);
+  assert_int_equal(px_bufpool_new(loop, 2, 64, &p), 0);
+  void *b = px_buf_get(p);
+  assert_non_null(b);
+  assert_int_equal(px_loop_free(loop), 0);
+  px_bufpool_stats(p, &s);
+  stats_are(&s, 2, 1, 1, 0);
+  assert_int_equal(s.lent, 0);
+  assert_int_equal(px_buf_release(p, b), 0);
+  assert_non_null(b = px_buf_get(p));
+  assert_int_equal(px_buf_release(p, b), 0);
+  assert_int_equal(px_bufpool_free(p), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(bufpool_hands_out_distinct_buffers_until_empty),
@@ -217,6 +279,8 @@ int main(void) {
       cmocka_unit_test(connpool_gives_zeroed_objects_until_full),
       cmocka_unit_test(connpool_stale_id_never_reaches_the_next_owner),
       cmocka_unit_test(connpool_refuses_bogus_ids_and_sizes),
+      cmocka_unit_test(connpool_foreach_visits_each_live_object_once),
+      cmocka_unit_test(bufpool_outlives_its_loop),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
