@@ -136,7 +136,9 @@ typedef struct px_loop_opts {
 #define PX_CAP_FILE_ASYNC 0x1u      /* file I/O is asynchronous in the kernel */
 #define PX_CAP_KERNEL_DEADLINE 0x2u /* deadlines are kernel timers */
 #define PX_CAP_MULTISHOT 0x4u       /* one submission, many completions */
-#define PX_CAP_BUF_SELECT 0x8u      /* buffer chosen when data arrives */
+#define PX_CAP_BUF_SELECT                                                      \
+  0x8u /* the kernel picks a pooled receive's buffer                           \
+          (px_recv_pooled works on every backend) */
 
 PX_API int px_loop_new(px_loop **loop, const px_loop_opts *opts);
 /*
@@ -230,7 +232,8 @@ PX_API void px_loop_wakeup(px_loop *loop);
 
 typedef struct px_stats {
   uint64_t submitted; /* submissions accepted */
-  uint64_t completed; /* callbacks started or ops handed back by px_wait */
+  uint64_t completed; /* ops done: callback started or handed back by
+                         px_wait (a multishot op counts once, at its last) */
   uint64_t failed;    /* completed with a result < 0 other than canceled */
   uint64_t cancelled; /* completed with PX_ECANCELED */
   uint64_t in_flight; /* accepted and not yet completed */
@@ -271,12 +274,20 @@ PX_API int px_pipe(px_loop *loop, px_fd out[2]);
 #define PX_O_DIRECT 0x100u /* bypass the page cache where supported */
 PX_API int px_file_open(px_loop *loop, const char *path, unsigned flags,
                         int mode, px_fd *out);
+/* The size of a regular file: 0, PX_EISDIR for a directory, PX_EINVAL for
+ * anything else that is not a regular file, or the system's error. */
+PX_API int px_file_size(px_fd fd, uint64_t *size);
 /* Makes a handle created elsewhere usable with this loop. */
 PX_API int px_adopt(px_loop *loop, px_fd fd);
 /* Closes a handle now, outside any op.  Refused with PX_EBUSY while ops on it
  * are in flight (use px_close).  loop may be NULL for a handle no live loop
  * knows (never adopted, or its loop was freed). */
 PX_API int px_fd_close(px_loop *loop, px_fd fd);
+/* The loop forgets a handle without closing it (no op may be in flight):
+ * it is then the caller's, for px_adopt by another loop (a connection
+ * handed between threads).  PX_EOPNOTSUPP on Windows, where a completion
+ * port keeps a handle for good. */
+PX_API int px_fd_release(px_loop *loop, px_fd fd);
 /* Closes a TCP connection with a reset (SO_LINGER 0) instead of a FIN. */
 PX_API int px_fd_close_reset(px_loop *loop, px_fd fd);
 /* Shut down the write side (sends a FIN). */
@@ -294,8 +305,9 @@ typedef struct px_pool_stats {
   uint32_t capacity;   /* buffers (or slots) in the pool */
   uint32_t in_use;     /* handed out now */
   uint32_t high_water; /* the most ever handed out at once */
-  uint32_t lent;       /* buffers lent to the kernel for pending pooled
-                          receives (io_uring's provided-buffer ring) */
+  uint32_t lent;       /* buffers io_uring's provided-buffer ring holds for
+                          pending pooled receives: neither free for
+                          px_buf_get nor in use; back once none is pending */
   uint64_t exhausted;  /* gets and pooled receives that found it empty */
 } px_pool_stats;
 PX_API int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
@@ -369,7 +381,9 @@ PX_API void px_connpool_foreach(px_connpool *pool, px_conn_fn fn, void *ctx);
  * never more than the connection pool has free slots: while the pool is
  * full it posts none, and each px_conn_release lets it post again.  Every
  * accepted connection reaches cb with its slot already taken (zeroed).
- * Take slots of that pool only through its acceptor.  Failed accepts are
+ * Take slots of that pool only through its acceptor.  Its accepts are ops
+ * of the loop: with px_wait, call op->cb of ops you did not submit.  Failed
+ * accepts are
  * counted and retried: at once after a connection-level error, 10 ms later
  * after a resource one (out of descriptors or memory); a listener that is
  * itself broken (closed, not listening) ends the acceptor's accepts.

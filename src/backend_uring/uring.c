@@ -305,6 +305,19 @@ static void px__uring_pool_release(px_loop *loop, px_bufpool *p) {
 }
 
 /* A pooled receive has started (+1) or ended (-1). */
+/* No pooled receive of p is in flight: no request can take from its ring,
+ * so the buffers still in it come back (the tail moves back over them;
+ * the kernel's head is where the last taken one was). */
+static void px__ubr_reclaim(px_bufpool *p, px__ubr *r) {
+  uint16_t tail = r->br->tail;
+  for (uint32_t k = 1; k <= r->avail; k++) {
+    uint16_t at = (uint16_t)(tail - k) & (uint16_t)r->mask;
+    px__buf_unlend(p, r->br->bufs[at].bid, false);
+  }
+  io_uring_smp_store_release(&r->br->tail, (uint16_t)(tail - r->avail));
+  r->avail = 0;
+}
+
 static void px__ubr_count(px_op *op, int delta) {
   px_bufpool *p = op->buf;
   px__ubr *r = p->bk;
@@ -314,6 +327,8 @@ static void px__ubr_count(px_op *op, int delta) {
     r->single += (uint32_t)delta;
   if (delta > 0)
     px__ubr_top_up(p);
+  else if (r->single == 0 && r->multi == 0 && r->avail > 0)
+    px__ubr_reclaim(p, r);
 }
 
 /* The buffer a CQE names goes out with its data, or back to the pool. */
@@ -566,8 +581,6 @@ static bool px__cqe_pooled(px_loop *loop, px_op *op, int32_t res,
                            uint32_t flags) {
   px_bufpool *p = op->buf;
   void *buf = px__ubr_take(p, flags, res);
-  if (res == -ENOBUFS)
-    px__buf_exhausted(p);
   if (flags & IORING_CQE_F_MORE) { /* a multishot op goes on */
     if (buf != NULL)
       px__deliver(loop, op, res, buf);
@@ -587,9 +600,12 @@ static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op) {
   px__ubr *r = p->bk;
   px__fdent *e = px__fd_get(loop, op->fd);
   if (uo->res != -ENOBUFS || uo->timer_fired || uo->stop || u->stopping ||
-      e == NULL || e->closing != NULL || p->slots.nfree == 0)
+      e == NULL || e->closing != NULL || (p->slots.nfree == 0 && r->avail == 0))
     return false;
-  if (r->cap < p->slots.capacity)
+  /* Buffers may have gone into the ring since the kernel found it empty
+   * (released, or topped up for another receive of the same reap); only a
+   * ring short while the pool has free ones grows. */
+  if (p->slots.nfree > 0 && r->cap < p->slots.capacity)
     r->cap = r->cap * 2 < p->slots.capacity ? r->cap * 2 : p->slots.capacity;
   px__ubr_top_up(p);
   if (u->ovf.head != NULL || !px__prep(u, op))
@@ -632,6 +648,8 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
   if (op->kind == PX__OP_RECV_POOLED) {
     px_bufpool *p = op->buf;
     void *buf = uo->bid ? px__buf_at(p, uo->bid - 1) : NULL;
+    if (res == PX_ENOBUFS)
+      px__buf_exhausted(p);
     px__complete_buf(loop, op, res, buf);
     px__ubr_top_up(p);
     return;

@@ -22,9 +22,11 @@ struct px_acceptor {
   uint32_t depth;
   uint32_t in_flight; /* accepts and the back-off timer */
   bool stopped;
-  bool broken;  /* the listener failed for good */
-  bool waiting; /* the back-off timer runs */
-  bool full;    /* paused by a full pool (counted once per pause) */
+  bool broken;              /* the listener failed for good */
+  bool waiting;             /* the back-off timer runs */
+  bool full;                /* paused by a full pool (counted once per pause) */
+  bool in_cb;               /* its callback runs (which may stop it) */
+  px_acceptor *prev, *next; /* the loop's acceptors */
   px_acceptor_stats st;
   px_op timer;
   uint32_t nidle;
@@ -35,12 +37,18 @@ struct px_acceptor {
 static void px__acc_post(px_acceptor *a);
 static void px__acc_timer(px_loop *loop, px_op *op);
 
-/* A stopped acceptor goes once nothing of it is in flight, and so does
- * one whose loop is being freed (a broken one stays until
- * px_acceptor_stop). */
+/* A stopped acceptor goes once nothing of it is in flight and its
+ * callback has returned (px_loop_free stops every acceptor of its loop; a
+ * broken one stays until then or px_acceptor_stop). */
 static void px__acc_end(px_acceptor *a) {
-  if (a->in_flight > 0 || !(a->stopped || a->loop->closing))
+  if (a->in_flight > 0 || a->in_cb || !a->stopped)
     return;
+  if (a->prev != NULL)
+    a->prev->next = a->next;
+  else
+    a->loop->acceptors = a->next;
+  if (a->next != NULL)
+    a->next->prev = a->prev;
   a->pool->on_release = NULL;
   a->pool->ctx = NULL;
   px__free(a->idle);
@@ -72,7 +80,9 @@ static void px__acc_done(px_loop *loop, px_op *op) {
         px_fd_close_reset(a->loop, fd);
       } else {
         a->st.accepted++;
+        a->in_cb = true; /* a px_acceptor_stop inside must not free it */
         a->cb(a, fd, conn, id, a->data);
+        a->in_cb = false;
       }
     }
   } else if (r != PX_ECANCELED) {
@@ -161,13 +171,15 @@ int px_acceptor_start(px_loop *loop, px_fd listener, px_connpool *pool,
     a->idle[a->nidle++] = &a->ops[depth - 1 - i];
   pool->on_release = px__acc_released;
   pool->ctx = a;
+  a->next = loop->acceptors;
+  if (a->next != NULL)
+    a->next->prev = a;
+  loop->acceptors = a;
   px__acc_post(a);
   if (a->st.posted == 0 && a->broken) {
     int r = a->st.last_error;
-    pool->on_release = NULL;
-    pool->ctx = NULL;
-    px__free(idle);
-    px__free(a);
+    a->stopped = true;
+    px__acc_end(a);
     return r;
   }
   *out = a;
@@ -186,6 +198,14 @@ void px_acceptor_stop(px_acceptor *a) {
   if (a->waiting && a->timer.state != PX__IDLE)
     px__cancel_op(a->loop, &a->timer);
   px__acc_end(a);
+}
+
+void px__acceptors_stop(px_loop *loop) {
+  px_acceptor *a = loop->acceptors, *next;
+  for (; a != NULL; a = next) {
+    next = a->next; /* a may be freed */
+    px_acceptor_stop(a);
+  }
 }
 
 void px_acceptor_stats_get(const px_acceptor *a, px_acceptor_stats *out) {

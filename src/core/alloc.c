@@ -21,13 +21,17 @@ void *px__malloc(size_t n) {
   return px__m(n);
 }
 
+bool px__alloc_default(void) {
+  return px__m == malloc && px__f == free;
+}
+
 void *px__calloc(size_t n, size_t size) {
   if (size != 0 && n > SIZE_MAX / size)
     return NULL;
   /* libc's calloc hands out fresh pages untouched (the handle tables are
    * sized for every descriptor and cost only what is used); a replaced
    * allocator gets malloc and memset. */
-  if (px__m == malloc && px__f == free)
+  if (px__alloc_default())
     return calloc(n, size);
   void *p = px__m(n * size);
   if (p != NULL)

@@ -33,7 +33,9 @@ px__fdent *px__fd_get(px_loop *loop, px_fd fd) {
 }
 
 size_t px__fd_table_size(void) {
-  size_t n = px__os_fd_limit();
+  /* A replaced allocator has no lazy calloc: the table would be written
+   * whole, so it starts small and doubles. */
+  size_t n = px__alloc_default() ? px__os_fd_limit() : 64;
   return n < 64 ? 64 : n > ((size_t)1 << 20) ? (size_t)1 << 20 : n;
 }
 

@@ -30,19 +30,40 @@ int px__own_pair(px_loop *loop, px_fd a, px_fd b, px_fd out[2]) {
   return 0;
 }
 
+static bool px__fd_busy(const px__fdent *e) {
+  return e->started || e->closing || e->waiting[0].tail || e->waiting[1].tail;
+}
+
 int px_fd_close(px_loop *loop, px_fd fd) {
   if (fd < 0)
     return PX_EBADF;
   if (loop != NULL) {
     px__fdent *e = px__fd_get(loop, fd);
-    if (e != NULL &&
-        (e->started || e->closing || e->waiting[0].tail || e->waiting[1].tail))
+    if (e != NULL && px__fd_busy(e))
       return PX_EBUSY;
     if (e != NULL && PX__BK(loop)->release != NULL)
       PX__BK(loop)->release(loop, fd);
     px__fd_forget(loop, fd);
   }
   return px__os_close(fd);
+}
+
+int px_fd_release(px_loop *loop, px_fd fd) {
+  if (loop == NULL)
+    return PX_EINVAL;
+  px__fdent *e = px__fd_get(loop, fd);
+  if (e == NULL)
+    return PX_EBADF;
+  if (px__fd_busy(e))
+    return PX_EBUSY;
+#ifdef _WIN32
+  return PX_EOPNOTSUPP; /* a completion port keeps a handle for good */
+#else
+  if (PX__BK(loop)->release != NULL)
+    PX__BK(loop)->release(loop, fd);
+  px__fd_forget(loop, fd);
+  return 0;
+#endif
 }
 
 bool px__open_flags_ok(unsigned flags) {

@@ -171,7 +171,8 @@ struct px_loop {
   atomic_int wake_pending;     /* a wakeup is on its way */
   bool woken;                  /* a wakeup arrived this iteration */
 
-  px_bufpool *pools; /* made for this loop, not freed yet */
+  px_bufpool *pools;      /* made for this loop, not freed yet */
+  px_acceptor *acceptors; /* started on this loop, not ended yet */
 
   bool stop;
   bool closing;
@@ -193,6 +194,8 @@ void *px__malloc(size_t n);
 void *px__calloc(size_t n, size_t size);
 void *px__realloc(void *p, size_t n);
 void px__free(void *p);
+/* libc's allocator is in use (its calloc leaves fresh pages untouched). */
+bool px__alloc_default(void);
 
 /* fdtab.c */
 px__fdent *px__fd_get(px_loop *loop, px_fd fd); /* NULL if unknown */
@@ -214,6 +217,9 @@ void px__ready_push(px_loop *loop, px_op *op, int32_t result);
  * and op completed with the error. */
 bool px__start(px_loop *loop, px_op *op, px__fdent *e);
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
+/* acceptor.c: px_loop_free stops the loop's acceptors (each goes once
+ * its accepts are done). */
+void px__acceptors_stop(px_loop *loop);
 /* submit.c: asks target to complete early, with no cancel op to report
  * back (px_cancel's effect on target alone). */
 void px__cancel_op(px_loop *loop, px_op *target);
@@ -224,7 +230,7 @@ void px__os_yield(void);
 size_t px__os_fd_limit(void);
 /* fdtab.c: the first size of a table indexed by descriptor: room for
  * every descriptor the process may open (up to 1 << 20), allocated zeroed
- * and so untouched until used. */
+ * and so untouched until used (64 with a replaced allocator). */
 size_t px__fd_table_size(void);
 
 /* addr.c: a px_addr's address family (AF_*). */

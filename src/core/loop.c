@@ -65,7 +65,7 @@ static bool px__multi_next(px_op *op) {
   op->flags &= (uint16_t) ~(PX__F_INREADY | PX__F_MORE);
   uint32_t head = px__chain_head(op);
   if (head == 0) { /* only the final code is left */
-    op->result = (int32_t)op->len;
+    op->result = (op->flags & PX__F_FINALCODE) ? (int32_t)op->len : PX_EIO;
     op->off = 0;
     return false;
   }
@@ -237,6 +237,12 @@ static void px__handle_done(px_loop *loop, px_op *op) {
 }
 
 void px__complete(px_loop *loop, px_op *op, int32_t result) {
+  /* A multishot op may have deliveries waiting (and sit on the ready
+   * list): its end goes behind them. */
+  if (op->flags & PX__F_MULTI) {
+    px__complete_buf(loop, op, result, NULL);
+    return;
+  }
   px__heap_remove(loop, op);
   if ((op->flags & PX__F_TIMEDOUT) && result == PX_ECANCELED)
     result = PX_ETIMEDOUT;
@@ -465,8 +471,11 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
     while (n < max && (op = px__ready_pop(loop)) != NULL) {
       out[n++] = op;
       if ((op->flags & PX__F_MORE) && px__multi_pending(op)) {
+        /* Its next delivery comes first in the next call: nothing behind
+         * it may overtake it in this one. */
         op->flags |= PX__F_INREADY;
         px__fifo_push(&again, op);
+        break;
       }
     }
     if (again.head != NULL) { /* next call, first, in order */
@@ -555,6 +564,7 @@ int px_loop_free(px_loop *loop) {
   atomic_store(&loop->shut, true);
   loop->stop = false;
   px__posts_drain(loop);
+  px__acceptors_stop(loop);
   px__cancel_core_ops(loop);
   PX__BK(loop)->cancel_all(loop);
   px__dispatch(loop);

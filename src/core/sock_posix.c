@@ -266,3 +266,17 @@ int px_file_open(px_loop *loop, const char *path, unsigned flags, int mode,
   }
   return px__own(loop, fd, stream, out);
 }
+
+int px_file_size(px_fd fd, uint64_t *size) {
+  struct stat st;
+  if (size == NULL || fd < 0 || fd > INT32_MAX)
+    return PX_EINVAL;
+  if (fstat((int)fd, &st) != 0)
+    return px__errno(errno);
+  if (S_ISDIR(st.st_mode))
+    return PX_EISDIR;
+  if (!S_ISREG(st.st_mode))
+    return PX_EINVAL;
+  *size = (uint64_t)st.st_size;
+  return 0;
+}

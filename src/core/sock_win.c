@@ -334,3 +334,18 @@ int px_file_open(px_loop *loop, const char *path, unsigned flags, int mode,
     px__fd_get(loop, *out)->append = 1;
   return r;
 }
+
+int px_file_size(px_fd fd, uint64_t *size) {
+  if (size == NULL || fd == PX_INVALID_FD)
+    return PX_EINVAL;
+  HANDLE h = (HANDLE)fd;
+  BY_HANDLE_FILE_INFORMATION info;
+  if (GetFileType(h) != FILE_TYPE_DISK)
+    return PX_EINVAL;
+  if (!GetFileInformationByHandle(h, &info))
+    return px__win_error(GetLastError());
+  if (info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY)
+    return PX_EISDIR;
+  *size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
+  return 0;
+}

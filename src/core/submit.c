@@ -176,11 +176,11 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
     return r;
   if (pool == NULL || pool->loop != loop || (flags & ~PX_RECV_MULTISHOT))
     return PX_EINVAL;
+  if ((flags & PX_RECV_MULTISHOT) && (op->flags & PX__F_DL_SET))
+    return PX_EINVAL; /* on every backend, multishot or not */
   /* Where the backend has no multishot, each submission delivers once. */
   bool multi =
       (flags & PX_RECV_MULTISHOT) && (PX__BK(loop)->caps & PX_CAP_MULTISHOT);
-  if (multi && (op->flags & PX__F_DL_SET))
-    return PX_EINVAL;
   px__fdent *e = px__check_fd(loop, fd);
   if (e == NULL)
     return PX_EBADF;
@@ -349,6 +349,9 @@ static int32_t px__cancel_target(px_loop *loop, px_op *op, px_op *target) {
     case PX__POSTED:
     case PX__CLOSING:
       return PX_EALREADY;
+    case PX__READY: /* a multishot op ended with deliveries to come */
+      return (target->flags & (PX__F_INREADY | PX__F_MORE)) ? PX_EALREADY
+                                                            : PX_ENOENT;
     default:
       return PX_ENOENT;
   }
