@@ -738,3 +738,25 @@ void many_file_reads_with_deadlines_on_one_handle_each_complete_once(
   free(ops);
   finish(loop);
 }
+
+void file_size_of_files_and_refusals(void **state) {
+  px_loop *loop = new_loop();
+  char path[256];
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  uint64_t size = 1;
+  px_fd sp[2];
+  (void)state;
+  assert_int_equal(px_file_size(fd, &size), 0);
+  assert_int_equal(size, 0);
+  assert_int_equal(sync_write(loop, fd, "0123456789", 10, 1000), 10);
+  assert_int_equal(px_file_size(fd, &size), 0);
+  assert_int_equal(size, 1010);
+  assert_int_equal(px_file_size(fd, NULL), PX_EINVAL);
+  socketpair_new(loop, sp);
+  assert_int_equal(px_file_size(sp[0], &size), PX_EINVAL); /* not a file */
+  close_fd(loop, sp[0]);
+  close_fd(loop, sp[1]);
+  close_fd(loop, fd);
+  remove(path);
+  finish(loop);
+}

@@ -1125,3 +1125,36 @@ void send_on_a_listener_fails_with_epipe(void **state) {
   close_fd(loop, l);
   finish(loop);
 }
+
+/* A connection moves between loops: released by one (still open), adopted
+ * by the other.  Windows refuses (a completion port keeps a handle). */
+void fd_release_hands_a_connection_to_another_loop(void **state) {
+  px_loop *a = new_loop(), *b = new_loop();
+  px_fd c, s;
+  char buf[16];
+  (void)state;
+  tcp_pair(a, &c, &s);
+  assert_int_equal(sync_send(a, c, "one", 3), 3);
+  assert_int_equal(sync_recv(a, s, buf, sizeof(buf)), 3);
+  assert_int_equal(px_fd_release(a, (px_fd)987654), PX_EBADF);
+  int r = px_fd_release(a, s);
+  if (r == PX_EOPNOTSUPP) {
+    print_message("[ info ] px_fd_release: not on this platform\n");
+    close_fd(a, s);
+  } else {
+    assert_int_equal(r, 0);
+    px_op op = {0};
+    rec rr = {0};
+    /* a no longer knows it; b does once adopted. */
+    assert_int_equal(px_recv(a, &op, s, buf, sizeof(buf), rec_cb, &rr),
+                     PX_EBADF);
+    assert_int_equal(px_adopt(b, s), 0);
+    assert_int_equal(sync_send(a, c, "two", 3), 3);
+    assert_int_equal(sync_recv(b, s, buf, sizeof(buf)), 3);
+    assert_memory_equal(buf, "two", 3);
+    close_fd(b, s);
+  }
+  close_fd(a, c);
+  finish(a);
+  finish(b);
+}
