@@ -64,10 +64,14 @@ class Server:
             self.lines.append(line.decode(errors="replace").rstrip("\r\n"))
 
     def stop(self):
-        if os.name == "posix" and not WRAPPED:
-            self.p.send_signal(signal.SIGTERM)
-        else:
-            self.p.terminate()
+        if WRAPPED:
+            # Under wine a POSIX signal is no console control event: the
+            # server is ended, not stopped; only native runs check the exit.
+            self.p.kill()
+            self.p.wait()
+            self.t.join(timeout=5)
+            return 0
+        self.p.send_signal(signal.SIGTERM)
         try:
             rc = self.p.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -306,34 +310,44 @@ def group_deadlines(exe, wrapper):
     t0 = time.monotonic()
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100
     got = b""
+    t408 = None
+    closed = False
     s.settimeout(0.1)
     for b in head:
         try:
-            s.send(bytes([b]))
+            s.send(bytes([b]))  # goes on after the 408: the server lingers
         except OSError:
             break
         try:
             chunk = s.recv(4096)
             got += chunk
             if chunk == b"":
+                closed = True
                 break
         except socket.timeout:
             pass
-        if time.monotonic() - t0 > 5:
+        except OSError:
+            closed = True
+            break
+        if t408 is None and got.startswith(b"HTTP/1.1 408"):
+            t408 = time.monotonic() - t0
+        if time.monotonic() - t0 > 8:
             break
     s.settimeout(5)
     try:
-        while True:
+        while not closed:
             chunk = s.recv(4096)
-            if not chunk:
-                break
             got += chunk
+            closed = chunk == b""
     except OSError:
-        pass
+        closed = True
+    if t408 is None and got.startswith(b"HTTP/1.1 408"):
+        t408 = time.monotonic() - t0
     took = time.monotonic() - t0
-    check(got.startswith(b"HTTP/1.1 408") and 0.9 <= took <= 3.0,
-          f"a trickling head is answered 408 and closed after --head-ms "
-          f"(took {took:.2f} s)")
+    check(t408 is not None and 0.9 <= t408 <= 2.5,
+          f"a trickling head is answered 408 after --head-ms "
+          f"(at {t408} s)")
+    check(closed and took <= 8, f"... and closed (after {took:.2f} s)")
     s.close()
     # An idle keep-alive connection is closed after --idle-ms.
     s = connect(srv.port, 10)
@@ -354,29 +368,34 @@ def group_deadlines(exe, wrapper):
 def load(port, conns, per_conn):
     """conns threads, each sending per_conn keep-alive requests."""
     ok = [0]
+    errors = []
     lock = threading.Lock()
 
     def one():
+        n = 0
         try:
             s = connect(port, 10)
             f = s.makefile("rb")
-            n = 0
             for _ in range(per_conn):
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 resp = read_response(f)
                 if resp and resp[0] == 200 and get_body(resp) == b"hello":
                     n += 1
+            f.close()
             s.close()
+        except (OSError, ValueError) as e:
             with lock:
-                ok[0] += n
-        except OSError:
-            pass
+                errors.append(f"after {n} requests: {e!r}")
+        with lock:
+            ok[0] += n
 
     ts = [threading.Thread(target=one) for _ in range(conns)]
     for t in ts:
         t.start()
     for t in ts:
         t.join(timeout=60)
+    for e in errors[:5]:
+        print(f"  client error {e}")
     return ok[0]
 
 
@@ -415,6 +434,7 @@ def group_conncap(exe, wrapper):
     except socket.timeout:
         early = None
     check(early is None, "a third connection waits while the pool is full")
+    fa.close()  # the socket closes once its file object is closed too
     a.close()
     c.settimeout(5)
     fc = c.makefile("rb")

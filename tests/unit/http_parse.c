@@ -231,9 +231,8 @@ static void connection_decides_keep_alive(void **state) {
       S("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n"),
       &r);
   assert_int_equal(r.keep_alive, 0);
-  accepted(
-      S("GET / HTTP/1.1\r\nHost: a\r\nConnection: closed, x-close\r\n\r\n"),
-      &r);
+  accepted(S("GET / HTTP/1.1\r\nHost: a\r\nConnection: closf, x-close\r\n\r\n"),
+           &r);
   assert_int_equal(r.keep_alive, 1);
 }
 
@@ -292,7 +291,7 @@ static void leading_empty_lines_are_ignored_up_to_the_limit(void **state) {
 /* ---- Limits. --------------------------------------------------------------
  */
 
-static char big[HTTP_MAX_HEAD + 64];
+static char big[HTTP_MAX_HEAD_TOTAL + 64];
 
 /* "GET /aaa... HTTP/1.1" of line_len bytes, then the fields and CRLF. */
 static size_t with_request_line(size_t line_len, const char *rest) {
@@ -331,15 +330,31 @@ static size_t head_of(size_t n) {
   return n;
 }
 
-static void head_of_16384_passes_16385_is_431(void **state) {
+/* The header section after "GET / HTTP/1.1\r\n" (16 bytes) is the limit. */
+static void header_section_of_16384_passes_16385_is_431(void **state) {
   http_request r;
   (void)state;
-  accepted(big, head_of(HTTP_MAX_HEAD), &r);
-  assert_int_equal(r.headers[1].value_len, HTTP_MAX_HEAD - 28 - 4);
-  rejected(big, head_of(HTTP_MAX_HEAD + 1), 431);
-  /* It is known once HTTP_MAX_HEAD bytes did not end the head. */
-  assert_int_equal(http_parse_request(big, HTTP_MAX_HEAD - 1, &r), 0);
-  assert_int_equal(http_parse_request(big, HTTP_MAX_HEAD, &r), -431);
+  accepted(big, head_of(16 + HTTP_MAX_HEAD), &r);
+  assert_int_equal(r.headers[1].value_len, 16 + HTTP_MAX_HEAD - 28 - 4);
+  rejected(big, head_of(16 + HTTP_MAX_HEAD + 1), 431);
+  /* It is known once the section's 16384 bytes did not end it. */
+  assert_int_equal(http_parse_request(big, 16 + HTTP_MAX_HEAD - 1, &r), 0);
+  assert_int_equal(http_parse_request(big, 16 + HTTP_MAX_HEAD, &r), -431);
+}
+
+/* The two limits add up: an 8 KiB request line and a 15 KiB header
+ * section make a valid head of 23 KiB. */
+static void long_request_line_and_long_header_section_pass(void **state) {
+  http_request r;
+  (void)state;
+  size_t n = with_request_line(HTTP_MAX_REQUEST_LINE, "Host: a\r\nX: ");
+  memset(big + n, 'v', 15 * 1024);
+  n += 15 * 1024;
+  memcpy(big + n, "\r\n\r\n", 4);
+  n += 4;
+  accepted(big, n, &r);
+  assert_int_equal(r.headers[1].value_len, 15 * 1024);
+  assert_true(n < HTTP_MAX_HEAD_TOTAL);
 }
 
 /* A request with Host and then fields X0, X1, ... up to nheaders lines. */
@@ -652,6 +667,7 @@ static void chunk_extensions_are_checked_and_dropped(void **state) {
   chunked_ok(S("5 ;\ta = b ; c=\"q \\\" \\\\ x\" ;d\r\nhello\r\n0\r\n\r\n"),
              "hello", 0);
   chunked_ok(S("5;a;b=c;e=\"\"\r\nhello\r\n0\r\n\r\n"), "hello", 0);
+  chunked_ok(S("5;a ;b\t;c=\"\"\t;d\r\nhello\r\n0\r\n\r\n"), "hello", 0);
   chunked_ok(S("5;a=\"\x80\t\"\r\nhello\r\n0\r\n\r\n"), "hello", 0);
   chunked_bad(S("5;\r\nhello\r\n0\r\n\r\n"), "", 400);
   chunked_bad(S("5;a=\r\nhello\r\n0\r\n\r\n"), "", 400);
@@ -677,6 +693,7 @@ static void trailer_fields_are_checked_and_dropped(void **state) {
   chunked_bad(S("0\r\nX\r\n\r\n"), "", 400);
   chunked_bad(S("0\r\nX: a\0\r\n\r\n"), "", 400);
   chunked_bad(S("0\r\nX: a\n\r\n"), "", 400);
+  chunked_bad(S("0\r\nX: a\rb\r\n\r\n"), "", 400);
   chunked_bad(S("0\r\nX: a\r\n\n"), "", 400);
   chunked_bad(S("0\r\n\n"), "", 400);
   chunked_bad(S("0\r\n\rX"), "", 400);
@@ -756,7 +773,8 @@ int main(void) {
       cmocka_unit_test(any_token_method_and_target_form),
       cmocka_unit_test(leading_empty_lines_are_ignored_up_to_the_limit),
       cmocka_unit_test(request_line_of_8192_passes_8193_is_414),
-      cmocka_unit_test(head_of_16384_passes_16385_is_431),
+      cmocka_unit_test(header_section_of_16384_passes_16385_is_431),
+      cmocka_unit_test(long_request_line_and_long_header_section_pass),
       cmocka_unit_test(hundred_headers_pass_101_is_431),
       cmocka_unit_test(framing_conflicts_are_400),
       cmocka_unit_test(bad_content_length_is_400),
