@@ -3,7 +3,7 @@
  *
  *   echo_server --host 127.0.0.1 --port 7000 [--max-conns 10000]
  *               [--buffers 1024] [--buf-size 16384] [--accepts 16]
- *               [--backlog 1024]
+ *               [--backlog 1024] [--threads 1]
  *
  * Port 0 lets the system pick a port; the "listening on" line shows it.
  *
@@ -21,6 +21,10 @@
  * connection ends.  With every buffer out, a receive ends with PX_ENOBUFS
  * and its data stays in the socket: the connection waits in line and
  * receives again when a buffer comes back.
+ *
+ * --threads N runs N loops, one per thread, each with its own pools and its
+ * own SO_REUSEPORT listener on the same port (the kernel spreads the
+ * connections); nothing is shared between them.
  *
  * SIGINT or SIGTERM stops it: the acceptor stops, the listener and every
  * connection are closed with px_close (which completes their pending ops
@@ -79,9 +83,21 @@ struct server {
   uint32_t nstop_closes;
   px_op listen_close_op;
   px_op stop_op; /* posted by the signal watcher */
+  int status;
+#ifdef _WIN32
+  HANDLE thread;
+#else
+  pthread_t thread;
+#endif
+  int started;
 };
 
-static server g_srv;
+#define MAX_THREADS 64
+static server g_servers[MAX_THREADS];
+static int g_nservers;
+/* The server of the calling thread: callbacks run on their loop's thread,
+ * so a connection need not carry a pointer to its server. */
+static _Thread_local server *t_srv;
 
 static void conn_recv(conn *c);
 
@@ -95,53 +111,53 @@ static void on_conn_closed(px_loop *loop, px_op *op) {
   (void)loop;
   if (op->result < 0)
     fprintf(stderr, "echo_server: close: %s\n", px_strerror(op->result));
-  px_conn_release(g_srv.conns, c->id);
+  px_conn_release(t_srv->conns, c->id);
 }
 
 /* Closes c, whose op is idle. */
 static void conn_close(conn *c) {
   c->state = CONN_CLOSING;
-  int rc = px_close(g_srv.loop, &c->op, c->fd, on_conn_closed, c);
+  int rc = px_close(t_srv->loop, &c->op, c->fd, on_conn_closed, c);
   if (rc == 0)
     return;
   /* Refused (the loop is being freed): nothing of c is in flight. */
   fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
-  px_fd_close(g_srv.loop, c->fd);
-  px_conn_release(g_srv.conns, c->id);
+  px_fd_close(t_srv->loop, c->fd);
+  px_conn_release(t_srv->conns, c->id);
 }
 
 static void buf_release(void *buf) {
-  int rc = px_buf_release(g_srv.bufs, buf);
+  int rc = px_buf_release(t_srv->bufs, buf);
   if (rc < 0)
     fprintf(stderr, "echo_server: px_buf_release: %s\n", px_strerror(rc));
 }
 
 /* A buffer came back: the connection waiting longest receives again. */
 static void wake_one(void) {
-  conn *c = g_srv.wait_head;
-  if (c == NULL || g_srv.stopping)
+  conn *c = t_srv->wait_head;
+  if (c == NULL || t_srv->stopping)
     return;
-  g_srv.wait_head = c->u.next_wait;
-  if (g_srv.wait_head == NULL)
-    g_srv.wait_tail = NULL;
+  t_srv->wait_head = c->u.next_wait;
+  if (t_srv->wait_head == NULL)
+    t_srv->wait_tail = NULL;
   c->state = CONN_OPEN;
   c->u.buf = NULL;
   conn_recv(c);
 }
 
 static void wait_for_buffer(conn *c) {
-  g_srv.enobufs++;
+  t_srv->enobufs++;
   c->state = CONN_WAITING;
   c->u.next_wait = NULL;
-  if (g_srv.wait_tail != NULL)
-    g_srv.wait_tail->u.next_wait = c;
+  if (t_srv->wait_tail != NULL)
+    t_srv->wait_tail->u.next_wait = c;
   else
-    g_srv.wait_head = c;
-  g_srv.wait_tail = c;
+    t_srv->wait_head = c;
+  t_srv->wait_tail = c;
   /* Each buffer that comes back wakes the next in line; if none is out,
    * none will come back: the line moves now. */
   px_pool_stats st;
-  px_bufpool_stats(g_srv.bufs, &st);
+  px_bufpool_stats(t_srv->bufs, &st);
   if (st.in_use == 0)
     wake_one();
 }
@@ -149,7 +165,7 @@ static void wait_for_buffer(conn *c) {
 static void on_send(px_loop *loop, px_op *op);
 
 static void conn_send_rest(conn *c) {
-  int rc = px_send(g_srv.loop, &c->op, c->fd, (char *)c->u.buf + c->sent,
+  int rc = px_send(t_srv->loop, &c->op, c->fd, (char *)c->u.buf + c->sent,
                    (size_t)(c->len - c->sent), on_send, c);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_send: %s\n", px_strerror(rc));
@@ -202,7 +218,7 @@ static void on_send(px_loop *loop, px_op *op) {
 }
 
 static void conn_recv(conn *c) {
-  int rc = px_recv_pooled(g_srv.loop, &c->op, c->fd, g_srv.bufs, on_recv, c);
+  int rc = px_recv_pooled(t_srv->loop, &c->op, c->fd, t_srv->bufs, on_recv, c);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_recv_pooled: %s\n", px_strerror(rc));
     conn_close(c);
@@ -218,7 +234,7 @@ static void on_accept(px_acceptor *acc, px_fd fd, void *obj, px_conn_id id,
   c->fd = fd;
   c->id = id;
   c->state = CONN_OPEN;
-  g_srv.accepted++;
+  t_srv->accepted++;
   /* Echo replies are small and latency-bound: do not let Nagle hold them. */
   int rc = px_tcp_nodelay(fd, 1);
   if (rc < 0)
@@ -249,8 +265,8 @@ static void conn_stop(void *obj, px_conn_id id, void *ctx) {
     return;
   }
   c->state = CONN_CLOSING;
-  px_op *op = &g_srv.stop_closes[g_srv.nstop_closes++];
-  int rc = px_close(g_srv.loop, op, c->fd, on_conn_closed, c);
+  px_op *op = &t_srv->stop_closes[t_srv->nstop_closes++];
+  int rc = px_close(t_srv->loop, op, c->fd, on_conn_closed, c);
   if (rc < 0)
     fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
 }
@@ -292,15 +308,17 @@ static void on_stop(px_loop *loop, px_op *op) {
  * Only the first signal posts (stop_op is then px's until it completes);
  * later ones find the stop already on its way.
  */
-static server *g_server = &g_srv;
 static atomic_flag g_stop_requested = ATOMIC_FLAG_INIT;
 
 static void request_stop(void) {
   if (atomic_flag_test_and_set(&g_stop_requested))
     return;
-  int rc = px_post(g_server->loop, &g_server->stop_op, on_stop, g_server);
-  if (rc < 0)
-    fprintf(stderr, "echo_server: px_post: %s\n", px_strerror(rc));
+  for (int i = 0; i < g_nservers; i++) {
+    server *s = &g_servers[i];
+    int rc = px_post(s->loop, &s->stop_op, on_stop, s);
+    if (rc < 0)
+      fprintf(stderr, "echo_server: px_post: %s\n", px_strerror(rc));
+  }
 }
 
 #ifdef _WIN32
@@ -366,7 +384,7 @@ static void signals_unwatch(void) {
 
 typedef struct options {
   const char *host;
-  int port, accepts, backlog, max_conns, buffers, buf_size;
+  int port, accepts, backlog, max_conns, buffers, buf_size, threads;
 } options;
 
 static void usage(void) {
@@ -374,8 +392,9 @@ static void usage(void) {
           "usage: echo_server --host IP --port N [--max-conns N] "
           "[--buffers N]\n"
           "                   [--buf-size BYTES (<= 65535)] "
-          "[--accepts N (1-%d)] [--backlog N]\n",
-          MAX_ACCEPTS);
+          "[--accepts N (1-%d)] [--backlog N]\n"
+          "                   [--threads N (1-%d)]\n",
+          MAX_ACCEPTS, MAX_THREADS);
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out) {
@@ -405,6 +424,8 @@ static int parse_args(int argc, char **argv, options *o) {
       bad = parse_int(val, 1, 32768, &o->buffers);
     else if (!bad && strcmp(opt, "--buf-size") == 0)
       bad = parse_int(val, 1, 65535, &o->buf_size);
+    else if (!bad && strcmp(opt, "--threads") == 0)
+      bad = parse_int(val, 1, MAX_THREADS, &o->threads);
     else
       bad = 1;
     if (bad) {
@@ -415,43 +436,124 @@ static int parse_args(int argc, char **argv, options *o) {
   return 0;
 }
 
-static void print_stats(server *s) {
-  px_stats st;
+/* Statistics summed over the threads (each pool per thread). */
+static void print_stats(void) {
+  px_stats sum = {0};
   px_pool_stats cs, bs;
-  px_loop_stats(s->loop, &st);
-  px_connpool_stats(s->conns, &cs);
-  px_bufpool_stats(s->bufs, &bs);
-  printf("stats: connections=%llu submitted=%llu completed=%llu failed=%llu "
-         "cancelled=%llu in_flight=%llu\n",
-         (unsigned long long)s->accepted, (unsigned long long)st.submitted,
-         (unsigned long long)st.completed, (unsigned long long)st.failed,
-         (unsigned long long)st.cancelled, (unsigned long long)st.in_flight);
+  uint64_t accepted = 0, enobufs = 0, full = 0;
+  uint32_t conn_high = 0, conn_cap = 0, buf_high = 0, buf_cap = 0;
+  for (int i = 0; i < g_nservers; i++) {
+    server *s = &g_servers[i];
+    px_stats st;
+    px_loop_stats(s->loop, &st);
+    px_connpool_stats(s->conns, &cs);
+    px_bufpool_stats(s->bufs, &bs);
+    sum.submitted += st.submitted;
+    sum.completed += st.completed;
+    sum.failed += st.failed;
+    sum.cancelled += st.cancelled;
+    sum.in_flight += st.in_flight;
+    accepted += s->accepted;
+    enobufs += s->enobufs;
+    full += cs.exhausted;
+    conn_high += cs.high_water;
+    conn_cap += cs.capacity;
+    buf_high += bs.high_water;
+    buf_cap += bs.capacity;
+  }
+  printf("stats: threads=%d connections=%llu submitted=%llu completed=%llu "
+         "failed=%llu cancelled=%llu in_flight=%llu\n",
+         g_nservers, (unsigned long long)accepted,
+         (unsigned long long)sum.submitted, (unsigned long long)sum.completed,
+         (unsigned long long)sum.failed, (unsigned long long)sum.cancelled,
+         (unsigned long long)sum.in_flight);
   printf("pools: connections high-water %u of %u (full %llu times), buffers "
          "high-water %u of %u, enobufs=%llu\n",
-         cs.high_water, cs.capacity, (unsigned long long)cs.exhausted,
-         bs.high_water, bs.capacity, (unsigned long long)s->enobufs);
+         conn_high, conn_cap, (unsigned long long)full, buf_high, buf_cap,
+         (unsigned long long)enobufs);
   fflush(stdout);
 }
 
-/* Pools, the listener and the acceptor; 0 or a PX_E* code. */
-static int server_open(server *s, const options *o, px_addr *local) {
-  int rc = px_connpool_new((uint32_t)o->max_conns, sizeof(conn), &s->conns);
+/* A loop, its pools, a listener (SO_REUSEPORT when several threads share
+ * the port) and its acceptor; *port: 0 or the port to share, then the one
+ * bound.  0 or a PX_E* code. */
+static int server_open(server *s, const options *o, int *port) {
+  int rc = px_loop_new(&s->loop, NULL);
+  if (rc == 0)
+    rc = px_connpool_new((uint32_t)o->max_conns, sizeof(conn), &s->conns);
   if (rc == 0)
     rc = px_bufpool_new(s->loop, (uint32_t)o->buffers, (uint32_t)o->buf_size,
                         &s->bufs);
   if (rc == 0)
-    rc = px_tcp_listen(s->loop, o->host, o->port, o->backlog, &s->listen_fd);
+    rc = px_tcp_listen_ex(s->loop, o->host, *port, o->backlog,
+                          o->threads > 1 ? PX_LISTEN_REUSEPORT : 0,
+                          &s->listen_fd);
+  px_addr local;
   if (rc == 0)
-    rc = px_addr_local(s->listen_fd, local);
-  if (rc == 0)
+    rc = px_addr_local(s->listen_fd, &local);
+  if (rc == 0) {
+    *port = px_addr_port(&local);
     rc = px_acceptor_start(s->loop, s->listen_fd, s->conns,
                            (uint32_t)o->accepts, on_accept, s, &s->acceptor);
+  }
   return rc;
 }
 
+static void server_close(server *s) {
+  if (s->loop == NULL)
+    return;
+  /* Freeing the loop ends what is left (the acceptor included); callbacks
+   * that run then find their server through t_srv. */
+  t_srv = s;
+  int rc = px_loop_free(s->loop);
+  if (rc < 0) {
+    fprintf(stderr, "echo_server: px_loop_free: %s\n", px_strerror(rc));
+    s->status = 1;
+  }
+  free(s->stop_closes);
+  if (s->bufs != NULL && px_bufpool_free(s->bufs) < 0)
+    fprintf(stderr, "echo_server: buffers still out at exit\n");
+  if (s->conns != NULL && px_connpool_free(s->conns) < 0)
+    fprintf(stderr, "echo_server: connections still open at exit\n");
+}
+
+static void server_run(server *s) {
+  t_srv = s;
+  int rc = px_run(s->loop, PX_RUN_DEFAULT);
+  if (rc < 0) {
+    fprintf(stderr, "echo_server: px_run: %s\n", px_strerror(rc));
+    s->status = 1;
+  }
+}
+
+#ifdef _WIN32
+static DWORD WINAPI server_main(LPVOID arg) {
+  server_run(arg);
+  return 0;
+}
+static int thread_start(server *s) {
+  s->thread = CreateThread(NULL, 0, server_main, s, 0, NULL);
+  return s->thread != NULL ? 0 : -1;
+}
+static void thread_join(server *s) {
+  WaitForSingleObject(s->thread, INFINITE);
+  CloseHandle(s->thread);
+}
+#else
+static void *server_main(void *arg) {
+  server_run(arg);
+  return NULL;
+}
+static int thread_start(server *s) {
+  return pthread_create(&s->thread, NULL, server_main, s) == 0 ? 0 : -1;
+}
+static void thread_join(server *s) {
+  pthread_join(s->thread, NULL);
+}
+#endif
+
 int main(int argc, char **argv) {
-  options o = {NULL, -1, 16, 1024, 10000, 1024, 16384};
-  server *s = &g_srv;
+  options o = {NULL, -1, 16, 1024, 10000, 1024, 16384, 1};
   if (parse_args(argc, argv, &o) < 0 || o.host == NULL || o.port < 0) {
     usage();
     return 2;
@@ -460,42 +562,36 @@ int main(int argc, char **argv) {
     fprintf(stderr, "echo_server: cannot block signals\n");
     return 1;
   }
-  int rc = px_loop_new(&s->loop, NULL);
-  if (rc < 0) {
-    fprintf(stderr, "echo_server: px_loop_new: %s\n", px_strerror(rc));
-    return 1;
+  int port = o.port, rc = 0;
+  for (int i = 0; i < o.threads && rc == 0; i++) {
+    rc = server_open(&g_servers[i], &o, &port);
+    g_nservers = i + 1;
   }
-  px_addr local;
   int status = 1;
-  rc = server_open(s, &o, &local);
   if (rc < 0) {
     fprintf(stderr, "echo_server: listen on %s:%d: %s\n", o.host, o.port,
             px_strerror(rc));
   } else if (signals_watch() < 0) {
     fprintf(stderr, "echo_server: cannot watch signals\n");
   } else {
-    printf("px backend: %s\n", px_loop_backend_name(s->loop));
+    printf("px backend: %s\n", px_loop_backend_name(g_servers[0].loop));
     int v6 = strchr(o.host, ':') != NULL; /* an IPv6 address goes in [] */
     printf("listening on %s%s%s:%d\n", v6 ? "[" : "", o.host, v6 ? "]" : "",
-           px_addr_port(&local));
+           port);
     fflush(stdout);
-    rc = px_run(s->loop, PX_RUN_DEFAULT);
-    if (rc < 0)
-      fprintf(stderr, "echo_server: px_run: %s\n", px_strerror(rc));
-    status = rc < 0 ? 1 : 0;
+    for (int i = 1; i < g_nservers; i++)
+      g_servers[i].started = thread_start(&g_servers[i]) == 0;
+    server_run(&g_servers[0]);
+    for (int i = 1; i < g_nservers; i++)
+      if (g_servers[i].started)
+        thread_join(&g_servers[i]);
     signals_unwatch();
-    print_stats(s);
+    print_stats();
+    status = 0;
+    for (int i = 0; i < g_nservers; i++)
+      status |= g_servers[i].status;
   }
-  /* Freeing the loop ends what is left (the acceptor included). */
-  rc = px_loop_free(s->loop);
-  if (rc < 0) {
-    fprintf(stderr, "echo_server: px_loop_free: %s\n", px_strerror(rc));
-    status = 1;
-  }
-  free(s->stop_closes);
-  if (s->bufs != NULL && px_bufpool_free(s->bufs) < 0)
-    fprintf(stderr, "echo_server: buffers still out at exit\n");
-  if (s->conns != NULL && px_connpool_free(s->conns) < 0)
-    fprintf(stderr, "echo_server: connections still open at exit\n");
+  for (int i = 0; i < g_nservers; i++)
+    server_close(&g_servers[i]);
   return status;
 }
