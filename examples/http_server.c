@@ -24,7 +24,16 @@
  * arrives; an idle connection holds none).  A request head usually fits in
  * the buffer it arrived in and is parsed there; when it spans receives, its
  * bytes are gathered in a 48 KiB head buffer (room for the largest head the
- * parser accepts plus one more receive).
+ * parser accepts plus one more receive), and parsed again only when a line
+ * ended (not per byte of a trickling head).  Responses are built in buffers
+ * of a pool of their own: receives (which io_uring holds lent to the
+ * kernel) can never starve them.  Head and response pools hold one buffer
+ * per connection of --max-conns, so they never run dry.
+ *
+ * Also: "Expect: 100-continue" gets its interim answer; a GET or HEAD with
+ * a body is refused (400); only regular files are served (a FIFO's open
+ * would block the thread); CRLFs after a body do not start a request's
+ * clock; a whole body gets 60 s.
  *
  * Limits, each answered with its status and then a (lingering) close: request
  * line over 8 KiB 414, header section over 16 KiB or 100 lines 431, malformed
@@ -62,8 +71,10 @@
 #ifdef _WIN32
 #include <windows.h>
 #else
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #endif
@@ -74,7 +85,8 @@
 #define RECV_BUF (16 * 1024)
 #define HEAD_BUF (48 * 1024)
 #define HEAD_TIMEOUT_MS 10000
-#define BODY_TIMEOUT_MS 10000
+#define BODY_TIMEOUT_MS 10000 /* per receive */
+#define BODY_TOTAL_MS 60000   /* for a whole body */
 #define SEND_TIMEOUT_MS 30000
 #define LINGER_MS 2000
 #define LINGER_BYTES (1024 * 1024)
@@ -114,6 +126,8 @@ struct conn {
   uint8_t fresh;      /* no byte of the next request seen yet */
   uint8_t minor;      /* the request's HTTP/1.<minor> */
   uint8_t reading;    /* op is a read of the file */
+  uint8_t continuing; /* op sends "100 Continue" */
+  uint32_t scanned;   /* input bytes a parse found incomplete */
   int status;         /* RT_ERROR: the status to answer */
   int64_t head_start; /* ms, when this request's first byte came; in
                          PH_LINGER, when the lingering ends */
@@ -136,8 +150,15 @@ struct worker {
   px_loop *loop;
   px_fd listener;
   px_connpool *conns;
-  px_bufpool *bufs;  /* RECV_BUF: pooled receives, response heads, files */
+  /* Three pools, so that one use cannot starve another (io_uring lends
+   * free receive buffers to the kernel, where px_buf_get cannot reach
+   * them).  Each connection holds at most one head and one response buffer:
+   * with --max-conns of each (up to 32768), those never run out; memory is
+   * touched only as buffers are used. */
+  px_bufpool *bufs;  /* RECV_BUF: pooled receives */
+  px_bufpool *outs;  /* RECV_BUF: built response heads, file data */
   px_bufpool *heads; /* HEAD_BUF: heads that span receives */
+  atomic_int live;   /* connections (read by the hand-off's thread) */
   px_acceptor *acceptor;
   conn *wait_head, *wait_tail;
   int stopping;
@@ -161,6 +182,12 @@ static int g_nworkers;
 static atomic_uint g_next_handoff;
 
 /* ---- Canned responses. ------------------------------------------------- */
+
+/* Sent when no buffer is left to build an answer in. */
+static const char UNAVAILABLE[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                  "Content-Length: 0\r\n"
+                                  "Connection: close\r\n\r\n";
+static const char CONTINUE[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
 static const char HELLO_11[] = "HTTP/1.1 200 OK\r\n"
                                "Content-Type: text/plain\r\n"
@@ -206,11 +233,12 @@ static uint32_t build_head(char *dst, size_t cap, int status, const char *ctype,
   const char *conn = !keep        ? "Connection: close\r\n"
                      : minor == 0 ? "Connection: keep-alive\r\n"
                                   : "";
-  int n =
-      snprintf(dst, cap,
-               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-               "Content-Length: %llu\r\n%s\r\n",
-               status, reason(status), ctype, (unsigned long long)length, conn);
+  const char *allow = status == 405 ? "Allow: GET, HEAD\r\n" : "";
+  int n = snprintf(dst, cap,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                   "Content-Length: %llu\r\n%s%s\r\n",
+                   status, reason(status), ctype, (unsigned long long)length,
+                   allow, conn);
   return n < 0 || (size_t)n >= cap ? 0 : (uint32_t)n;
 }
 
@@ -251,7 +279,7 @@ static void buf_put(worker *w, px_bufpool *pool, void *buf) {
 static void conn_drop_response(conn *c) {
   worker *w = c->w;
   if (c->xbuf != NULL)
-    buf_put(w, w->bufs, c->xbuf);
+    buf_put(w, w->outs, c->xbuf);
   c->xbuf = NULL;
   if (c->file != PX_INVALID_FD)
     px_fd_close(w->loop, c->file);
@@ -274,6 +302,7 @@ static void on_closed(px_loop *loop, px_op *op) {
   if (op->result < 0)
     fprintf(stderr, "http_server: close: %s\n", px_strerror(op->result));
   conn_drop_resources(c); /* a close at stop left them to this point */
+  atomic_fetch_sub(&c->w->live, 1);
   px_conn_release(c->w->conns, c->id);
 }
 
@@ -287,6 +316,7 @@ static void conn_close(conn *c) {
   if (rc < 0) {
     fprintf(stderr, "http_server: px_close: %s\n", px_strerror(rc));
     px_fd_close(c->w->loop, c->fd);
+    atomic_fetch_sub(&c->w->live, 1);
     px_conn_release(c->w->conns, c->id);
   }
 }
@@ -299,6 +329,7 @@ static void conn_start(worker *w, px_fd fd, conn *c, px_conn_id id) {
   c->phase = PH_HEAD;
   c->fresh = 1;
   w->accepted++;
+  atomic_fetch_add(&w->live, 1);
   px_tcp_nodelay(fd, 1);
   conn_advance(c);
 }
@@ -312,9 +343,11 @@ static void conn_recv(conn *c) {
   /* The deadline of this receive: the keep-alive idle time before a
    * request's first byte, what is left of the head's 10 s after it, and
    * 10 s per receive of a body. */
-  int64_t ms = c->phase == PH_BODY ? BODY_TIMEOUT_MS
+  int64_t ms = c->phase == PH_BODY ? c->head_start + BODY_TOTAL_MS - now_ms()
                : c->fresh          ? g_opt.idle_ms
                                    : c->head_start + g_opt.head_ms - now_ms();
+  if (c->phase == PH_BODY && ms > BODY_TIMEOUT_MS)
+    ms = BODY_TIMEOUT_MS;
   if (ms < 1)
     ms = 1;
   px_op_deadline(&c->op, (uint64_t)ms);
@@ -520,7 +553,13 @@ static void response_done(conn *c) {
     return;
   }
   c->phase = PH_HEAD;
-  c->fresh = c->in_len == 0;
+  /* CRLFs a client may send after a body (RFC 9112 §2.2) are not the start
+   * of a request: the idle time applies until a real byte comes. */
+  uint32_t i = 0;
+  while (i < c->in_len &&
+         (c->in[c->in_off + i] == '\r' || c->in[c->in_off + i] == '\n'))
+    i++;
+  c->fresh = i == c->in_len;
   c->head_start = now_ms();
   conn_advance(c);
 }
@@ -535,6 +574,11 @@ static void on_sent(px_loop *loop, px_op *op) {
     return;
   }
   c->out_sent += (uint32_t)op->result;
+  if (c->continuing && c->out_sent == c->out_len) {
+    c->continuing = 0;
+    conn_advance(c); /* now the body */
+    return;
+  }
   if (c->out_sent < c->out_len) { /* a short write: the rest */
     px_op_deadline(&c->op, SEND_TIMEOUT_MS);
     int rc = px_send(c->w->loop, &c->op, c->fd, c->out + c->out_sent,
@@ -576,9 +620,9 @@ static void respond_error(conn *c, int status) {
   c->no_body = 1;
   c->phase = PH_WRITE;
   if (c->xbuf == NULL)
-    c->xbuf = px_buf_get(c->w->bufs);
+    c->xbuf = px_buf_get(c->w->outs);
   if (c->xbuf == NULL) {
-    conn_close(c);
+    send_out(c, UNAVAILABLE, sizeof(UNAVAILABLE) - 1);
     return;
   }
   uint32_t n = build_head(c->xbuf, RECV_BUF, status, "text/plain", 0, 0, 1);
@@ -586,6 +630,29 @@ static void respond_error(conn *c, int status) {
 }
 
 /* ---- Requests. --------------------------------------------------------- */
+
+static int header_is(const http_header *h, const char *name,
+                     const char *value) {
+  size_t n = strlen(name), v = strlen(value);
+  if (h->name_len != n || h->value_len != v)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if ((h->name[i] | 0x20) != (name[i] | 0x20))
+      return 0;
+  for (size_t i = 0; i < v; i++)
+    if ((h->value[i] | 0x20) != (value[i] | 0x20))
+      return 0;
+  return 1;
+}
+
+static int expects_continue(const http_request *r) {
+  if (r->minor < 1)
+    return 0;
+  for (size_t i = 0; i < r->nheaders; i++)
+    if (header_is(&r->headers[i], "expect", "100-continue"))
+      return 1;
+  return 0;
+}
 
 static int is_method(const http_request *r, const char *m) {
   size_t n = strlen(m);
@@ -642,6 +709,15 @@ static int open_file(conn *c, const http_request *r) {
   int status = file_path(r->target, r->target_len, path, sizeof(path));
   if (status != 0)
     return status;
+#ifndef _WIN32
+  /* Only regular files: open() of a FIFO would block the loop's thread
+   * until a writer came (a device could do worse). */
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return errno == ENOENT || errno == ENOTDIR ? 404 : 403;
+  if (!S_ISREG(st.st_mode))
+    return 403;
+#endif
   px_fd fd;
   int rc = px_file_open(c->w->loop, path, PX_O_RDONLY, 0, &fd);
   if (rc == PX_ENOENT || rc == PX_ENOTDIR)
@@ -688,9 +764,19 @@ static void request_begin(conn *c, const http_request *r) {
     c->route = RT_ERROR;
     c->status = get ? 404 : 405;
   }
+  if (get && (r->body == HTTP_BODY_CHUNKED || r->content_length > 0)) {
+    /* A body on GET or HEAD means nothing here; refusing it keeps a file
+     * from being held open while a body trickles in. */
+    if (c->file != PX_INVALID_FD)
+      px_fd_close(c->w->loop, c->file);
+    c->file = PX_INVALID_FD;
+    c->route = RT_ERROR;
+    c->status = 400;
+  }
   c->body = (uint8_t)r->body;
   c->body_total = 0;
   c->body_left = r->content_length;
+  c->head_start = now_ms(); /* the body's time starts */
   if (r->body == HTTP_BODY_CHUNKED)
     http_chunked_init(&c->chunked, g_opt.max_body);
 }
@@ -704,9 +790,9 @@ static void respond(conn *c, int minor) {
              c->no_body ? sizeof(HELLO_11) - 1 - 5 : sizeof(HELLO_11) - 1);
     return;
   }
-  c->xbuf = px_buf_get(w->bufs);
-  if (c->xbuf == NULL) {
-    conn_close(c);
+  c->xbuf = px_buf_get(w->outs);
+  if (c->xbuf == NULL) { /* cannot happen with the pools sized per conn */
+    respond_error(c, 503);
     return;
   }
   uint32_t n = 0;
@@ -775,9 +861,20 @@ static void conn_advance(conn *c) {
         conn_recv(c);
         return;
       }
+      /* The parser reads the head from its start each time: a head that
+       * comes a byte at a time is parsed again only when a line ended, or
+       * every 4 KiB (or at the largest head), not per byte. */
+      if (c->scanned > 0 && c->in_len < HTTP_MAX_HEAD_TOTAL &&
+          c->in_len - c->scanned < 4096 &&
+          memchr(c->in + c->in_off + c->scanned, '\n',
+                 c->in_len - c->scanned) == NULL) {
+        conn_recv(c);
+        return;
+      }
       http_request req;
       int r = http_parse_request(c->in + c->in_off, c->in_len, &req);
       if (r == 0) { /* incomplete: more bytes */
+        c->scanned = c->in_len;
         conn_recv(c);
         return;
       }
@@ -787,12 +884,23 @@ static void conn_advance(conn *c) {
       }
       request_begin(c, &req);
       c->minor = (uint8_t)req.minor;
+      c->scanned = 0;
       if (req.body == HTTP_BODY_LENGTH && req.content_length > g_opt.max_body) {
         respond_error(c, 413);
         return;
       }
+      if (c->route == RT_ERROR && c->status == 400) {
+        respond_error(c, 400);
+        return;
+      }
       consume(c, (uint32_t)r);
       c->phase = PH_BODY;
+      if (c->body != HTTP_BODY_NONE && expects_continue(&req)) {
+        /* The client waits for this before it sends the body. */
+        c->continuing = 1;
+        send_out(c, CONTINUE, sizeof(CONTINUE) - 1);
+        return;
+      }
     }
     if (c->phase == PH_BODY) {
       int r = body_consume(c);
@@ -831,6 +939,7 @@ static void on_handoff(px_loop *loop, px_op *op) {
   free(h);
   px_conn_id id;
   conn *c = NULL;
+  atomic_fetch_sub(&w->live, 1); /* the reservation; conn_start counts */
   if (result == 0 && !w->stopping && px_adopt(loop, fd) == 0 &&
       (c = px_conn_get(w->conns, &id)) != NULL) {
     conn_start(w, fd, c, id);
@@ -845,8 +954,12 @@ static void on_handoff(px_loop *loop, px_op *op) {
 static int hand_over(worker *from, px_fd fd) {
   unsigned k = atomic_fetch_add(&g_next_handoff, 1) % (unsigned)g_nworkers;
   worker *to = &g_workers[k];
-  if (to == from)
-    return 0; /* this one stays */
+  /* A full thread is skipped: the connection stays here, where the
+   * acceptor already holds its slot (a thread's count may be a moment
+   * old; a hand-off that still finds it full is closed there). */
+  if (to == from || atomic_load(&to->live) >= g_opt.max_conns)
+    return 0;
+  atomic_fetch_add(&to->live, 1); /* reserved until it arrives */
   handoff *h = malloc(sizeof(*h));
   if (h == NULL || px_fd_release(from->loop, fd) < 0) {
     free(h);
@@ -1064,8 +1177,12 @@ static int worker_open(worker *w, int listen, int reuseport, int *port) {
     uint32_t n = (uint32_t)(g_opt.max_conns < 4096 ? g_opt.max_conns : 4096);
     rc = px_bufpool_new(w->loop, n, RECV_BUF, &w->bufs);
   }
+  uint32_t per_conn =
+      (uint32_t)(g_opt.max_conns < 32768 ? g_opt.max_conns : 32768);
   if (rc == 0)
-    rc = px_bufpool_new(w->loop, 256, HEAD_BUF, &w->heads);
+    rc = px_bufpool_new(w->loop, per_conn, RECV_BUF, &w->outs);
+  if (rc == 0)
+    rc = px_bufpool_new(w->loop, per_conn, HEAD_BUF, &w->heads);
   if (rc < 0 || !listen)
     return rc;
   rc = px_tcp_listen_ex(w->loop, g_opt.host, *port, 1024,
@@ -1090,6 +1207,8 @@ static void worker_close(worker *w) {
     px_bufpool_free(w->bufs);
   if (w->heads != NULL)
     px_bufpool_free(w->heads);
+  if (w->outs != NULL)
+    px_bufpool_free(w->outs);
   if (w->conns != NULL)
     px_connpool_free(w->conns);
 }

@@ -183,6 +183,36 @@ def group_routes(exe, wrapper):
         r = curl("-H", "Transfer-Encoding: chunked", "--data-binary",
                  "y" * 70000, base + "/count")
         check(r.stdout == b"70000\n", "POST /count with a chunked body")
+        if hasattr(os, "mkfifo") and not WRAPPED:
+            os.mkfifo(os.path.join(root, "fifo"))
+            st, _, _ = exchange(srv.port, b"GET /fifo HTTP/1.1\r\nHost: x"
+                                b"\r\n\r\n")
+            check(st == 403, "a FIFO under the root is refused, without "
+                  "blocking the server")
+        st, _, closed = exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 3\r\n\r\nabc")
+        check(st == 400 and closed, "a GET with a body is refused (400)")
+        # Expect: 100-continue gets its interim answer before the body.
+        s = connect(srv.port)
+        s.sendall(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 4"
+                  b"\r\nExpect: 100-continue\r\n\r\n")
+        f = s.makefile("rb")
+        interim = f.readline()
+        f.readline()
+        s.sendall(b"wxyz")
+        resp = read_response(f)
+        check(interim.startswith(b"HTTP/1.1 100") and resp and
+              get_body(resp) == b"4\n", "Expect: 100-continue is answered")
+        f.close()
+        s.close()
+        s = connect(srv.port)
+        s.sendall(b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n")
+        f = s.makefile("rb")
+        resp = read_response(f)
+        check(resp and resp[0] == 405 and
+              resp[1].get("allow") == "GET, HEAD", "405 names what is allowed")
+        f.close()
+        s.close()
         r = curl("-v", base + "/", base + "/small.txt")
         check(r.stdout == b"hello" + b"a small file\n" and
               b"Re-using existing connection" in r.stderr,
