@@ -318,8 +318,10 @@ static int64_t px__poll_timeout(px_loop *loop, int64_t limit) {
 static void px__posts_drain(px_loop *loop) {
   if (atomic_load_explicit(&loop->post_head, memory_order_relaxed) == NULL)
     return;
-  px_op *list =
-      atomic_exchange_explicit(&loop->post_head, NULL, memory_order_acquire);
+  /* Sequentially consistent, as the wakeup's ack before it and px_post's
+   * push and check: px_loop_wakeup may then skip a wakeup already on its
+   * way (see there). */
+  px_op *list = atomic_exchange(&loop->post_head, NULL);
   px_op *fifo = NULL; /* the stack is newest first: reverse it */
   while (list != NULL) {
     px_op *next = list->next;
@@ -360,22 +362,27 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
   px_op *head = atomic_load_explicit(&loop->post_head, memory_order_relaxed);
   do {
     op->next = head;
-  } while (!atomic_compare_exchange_weak_explicit(
-      &loop->post_head, &head, op, memory_order_release, memory_order_relaxed));
+  } while (!atomic_compare_exchange_weak(&loop->post_head, &head, op));
   px_loop_wakeup(loop);
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
   return 0;
 }
 
+/* A wakeup already on its way (not acknowledged yet) covers this one: a
+ * plain load finds it without taking the cache line for writing.  That
+ * skip loses nothing: the loop acknowledges before it drains the posts,
+ * and with the ack, the drain's exchange, the post's push and this load
+ * all sequentially consistent, a post pushed after the drain sees the ack
+ * (and wakes the loop), while one pushed before it is drained. */
 void px_loop_wakeup(px_loop *loop) {
-  if (loop == NULL)
+  if (loop == NULL || atomic_load(&loop->wake_pending))
     return;
-  if (!atomic_exchange_explicit(&loop->wake_pending, 1, memory_order_acq_rel))
+  if (!atomic_exchange(&loop->wake_pending, 1))
     PX__BK(loop)->wakeup(loop);
 }
 
 void px__wake_ack(px_loop *loop) {
-  atomic_store_explicit(&loop->wake_pending, 0, memory_order_release);
+  atomic_store(&loop->wake_pending, 0);
   loop->woken = true;
 }
 
