@@ -526,12 +526,13 @@ int main(int argc, char **argv) {
          (double)lat.max / 1e3);
   printf("conns=%d size=%d pipeline=%d threads=%d seconds=%.2f requests=%llu "
          "req/s=%.0f p50_us=%.0f p99_us=%.0f p999_us=%.0f errors=%llu "
-         "mismatches=%llu\n",
+         "mismatches=%llu avg_us=%.0f\n",
          cfg.conns, cfg.size, cfg.pipeline, cfg.threads, cfg.seconds,
          (unsigned long long)requests, rps,
          (double)hist_percentile(&lat, 0.50) / 1e3,
          (double)hist_percentile(&lat, 0.99) / 1e3,
          (double)hist_percentile(&lat, 0.999) / 1e3, (unsigned long long)errors,
-         (unsigned long long)mismatches);
+         (unsigned long long)mismatches,
+         lat.total ? (double)lat.sum / (double)lat.total / 1e3 : 0.0);
   return requests > 0 && errors == 0 && mismatches == 0 ? 0 : 1;
 }

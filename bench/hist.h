@@ -13,6 +13,7 @@
 typedef struct hist {
   uint64_t count[HIST_BUCKETS];
   uint64_t total, max;
+  uint64_t sum; /* of the samples, for the mean */
 } hist;
 
 static inline unsigned hist_index(uint64_t v) {
@@ -37,6 +38,7 @@ static inline uint64_t hist_value(unsigned i) {
 static inline void hist_add(hist *h, uint64_t v) {
   h->count[hist_index(v)]++;
   h->total++;
+  h->sum += v;
   if (v > h->max)
     h->max = v;
 }
@@ -45,6 +47,7 @@ static inline void hist_merge(hist *into, const hist *h) {
   for (unsigned i = 0; i < HIST_BUCKETS; i++)
     into->count[i] += h->count[i];
   into->total += h->total;
+  into->sum += h->sum;
   if (h->max > into->max)
     into->max = h->max;
 }
