@@ -52,20 +52,44 @@
  *   EINVAL for a socket or pipe, as fsync(2) does).  Like px_fsync on
  *   every backend, it covers the writes completed before it was
  *   submitted, not ones still in flight.
+ * - Page-cache reads first (Linux).  A read or readv first tries
+ *   preadv2(RWF_NOWAIT) on the loop thread: the kernel copies what the
+ *   page cache holds and answers EAGAIN instead of waiting for the
+ *   device.  When that gives every byte asked for, the op is done without
+ *   the completion thread (its result is reported at the next poll, as
+ *   every result known at once); anything less (a miss, part of the range
+ *   cached, the end of the file) and the op goes to AIO whole, as if the
+ *   attempt had not been made.  This is what io_uring does inside the
+ *   kernel, and for cached reads it is the difference between a system
+ *   call and two thread hand-offs (measured: bench/RESULTS.md, case 4).
+ *   Not tried: on a handle opened O_DIRECT (a direct read would wait for
+ *   the device on the loop thread), where the kernel refuses the flag
+ *   (EOPNOTSUPP, EINVAL, ENOSYS: the handle is not asked again), and for
+ *   writes (a buffered write may wait on dirty-page throttling).  The
+ *   O_DIRECT check is made once per handle: a flag changed later with
+ *   fcntl is not seen.
  * - Cancellation: an op still in the queue completes with PX_ECANCELED at
  *   once; for a started one the thread calls aio_cancel, and a request libc
  *   has not begun completes with PX_ECANCELED while a running one finishes
- *   with its own result.  So a deadline of 0 on a file read usually times
- *   out here, where io_uring, which tries a page-cache read at once,
- *   usually succeeds.
+ *   with its own result.  A read served from the page cache has its result
+ *   already (cancel answers PX_ENOENT), so a deadline of 0 on a cached
+ *   read succeeds, as on io_uring; an uncached one usually times out.
  */
 #include <aio.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
+#if defined(__linux__) && defined(_GNU_SOURCE)
+#include <sys/uio.h>
+#if defined(RWF_NOWAIT)
+#define PX__NOWAIT_READS 1
+#endif
+#endif
 
 #include "pa.h"
 
@@ -601,7 +625,75 @@ static bool px__hand_over(px__aio *a, px__pfd *f, px_op *op) {
   return true;
 }
 
+#ifdef PX__NOWAIT_READS
+_Static_assert(sizeof(px_iov) == sizeof(struct iovec) &&
+                   offsetof(px_iov, base) == offsetof(struct iovec, iov_base) &&
+                   offsetof(px_iov, len) == offsetof(struct iovec, iov_len),
+               "px_iov is laid out as struct iovec");
+
+/* Whether reads of f may be tried from the page cache (asked once). */
+static bool px__nowait_ok(px__pfd *f, int fd) {
+  if (f->nowait == 0) {
+    int fl = fcntl(fd, F_GETFL);
+    f->nowait = fl >= 0 && !(fl & O_DIRECT) ? 1 : 2;
+  }
+  return f->nowait == 1;
+}
+
+/* Reads op's whole range from the page cache without waiting: true when
+ * op is done (its result reported at the next poll). */
+static bool px__read_cached(px__pa *pa, px__pfd *f, px_op *op, int64_t off) {
+  struct iovec one, *iov = &one;
+  int n = 1;
+  size_t want = op->len;
+  if (op->kind == PX__OP_READV) {
+    if (op->len > IOV_MAX)
+      return false;
+    iov = (struct iovec *)op->buf;
+    n = (int)op->len;
+    want = 0;
+    for (int i = 0; i < n; i++) {
+      if (iov[i].iov_len > PX__MAX_IO - want)
+        return false; /* AIO's path ends it at its limit */
+      want += iov[i].iov_len;
+    }
+  } else {
+    one.iov_base = op->buf;
+    one.iov_len = want;
+  }
+  if (want == 0)
+    return false;
+  ssize_t got = preadv2((int)op->fd, iov, n, (off_t)off, RWF_NOWAIT);
+  if (got < 0) {
+    if (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)
+      f->nowait = 2; /* the kernel or the file system says never */
+    return false;
+  }
+  if ((size_t)got != want)
+    return false; /* part of it, or the end of the file: AIO reads it all */
+  if (op->off == PX_CUR)
+    lseek((int)op->fd, (off_t)(off + got), SEEK_SET);
+  px__pa_done(pa, op, (int32_t)got);
+  return true;
+}
+#endif
+
 int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
+#ifdef PX__NOWAIT_READS
+  if (op->kind == PX__OP_READ || op->kind == PX__OP_READV) {
+    px__pfd *f = px__pa_fd_make(loop, pa, (int)op->fd);
+    if (f == NULL)
+      return PX_ENOMEM;
+    int64_t off = op->off;
+    if (off == PX_CUR) {
+      off_t pos = lseek((int)op->fd, 0, SEEK_CUR);
+      off = pos < 0 ? -1 : (int64_t)pos;
+    }
+    if (off >= 0 && px__nowait_ok(f, (int)op->fd) &&
+        px__read_cached(pa, f, op, off))
+      return 0;
+  }
+#endif
   if (pa->aio == NULL) {
     int r = px__aio_make(pa);
     if (r < 0)

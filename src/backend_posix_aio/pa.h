@@ -57,6 +57,8 @@ typedef struct px__pfd {
   uint8_t unpollable; /* the poller refused it: always ready */
   uint8_t hup;        /* the poller saw a hang-up: reads end at once */
   uint8_t bytes;      /* a byte stream (0: not asked yet, 1: yes, 2: no) */
+  uint8_t nowait;     /* file reads tried from the page cache first
+                         (0: not asked yet, 1: yes, 2: no) */
 } px__pfd;
 
 typedef struct px__aio px__aio;
