@@ -561,6 +561,12 @@ static void px__cancel_core_ops(px_loop *loop) {
   }
 }
 
+/* Waits until no px_post is between its announcement and its return. */
+static void px__posts_wait(px_loop *loop) {
+  while (atomic_load_explicit(&loop->posting, memory_order_acquire) != 0)
+    px__os_yield();
+}
+
 int px_loop_free(px_loop *loop) {
   if (loop == NULL)
     return PX_EINVAL;
@@ -569,6 +575,9 @@ int px_loop_free(px_loop *loop) {
     return PX_EBUSY;
   loop->closing = true;
   atomic_store(&loop->shut, true);
+  /* Posts that passed their check finish pushing before the drains below:
+   * one pushed after the last drain would never be called back. */
+  px__posts_wait(loop);
   loop->stop = false;
   px__posts_drain(loop);
   px__acceptors_stop(loop);
@@ -588,9 +597,8 @@ int px_loop_free(px_loop *loop) {
   if (PX__BK(loop)->run_end != NULL)
     PX__BK(loop)->run_end(loop);
   px__pools_detach(loop); /* pools outlive it, without its backend */
-  /* A post that passed its check may still be about to wake the loop. */
-  while (atomic_load_explicit(&loop->posting, memory_order_acquire) != 0)
-    px__os_yield();
+  /* A post refused since may still be leaving px_post. */
+  px__posts_wait(loop);
   PX__BK(loop)->destroy(loop);
   px__heap_free(loop);
   px__fdtab_free(loop);
