@@ -8,12 +8,15 @@
  * Port 0 lets the system pick a port; the "listening on" line shows it.
  *
  * Its memory is fixed at start: connection objects in a px_connpool
- * (--max-conns of them) and receive buffers in a px_bufpool (--buffers of
- * --buf-size bytes).  An idle connection holds its object and one pending
- * pooled receive, and no buffer: the backend picks one when data arrives
- * (px_recv_pooled).  The echo is receive -> send that buffer back (the rest
- * again after a short write) -> release it -> receive again, so a
- * connection has one op in flight at a time and its object holds one op.
+ * (--max-conns of them), receive buffers in a px_bufpool (--buffers of
+ * --buf-size bytes) and one echo record per buffer.  An idle connection
+ * holds its object and one pending pooled receive, and no buffer: the
+ * backend picks one when data arrives (px_recv_pooled).  The receive is
+ * multishot (PX_RECV_MULTISHOT): where the backend has it natively
+ * (io_uring) it stays armed and delivers buffer after buffer; elsewhere it
+ * delivers once and the server submits it again.  Each buffer received is
+ * queued on its connection and sent back in order (the rest again after a
+ * short write), one send in flight per connection, then released.
  *
  * A px_acceptor keeps --accepts accepts posted while the connection pool
  * has room, the way an IOCP server pre-posts AcceptEx calls; with the pool
@@ -50,24 +53,39 @@
 
 typedef struct server server;
 typedef struct conn conn;
+typedef struct echo echo;
 
 enum conn_state {
   CONN_OPEN,
-  CONN_WAITING, /* found the buffers all out; in the server's line */
-  CONN_CLOSING  /* px_close submitted; its callback releases the slot */
+  CONN_DRAINING, /* the peer's stream ended: send what is queued, close */
+  CONN_CLOSING   /* px_close submitted; its callback releases the slot */
 };
 
 /* A slot of the connection pool: what an idle connection costs. */
 struct conn {
-  px_op op; /* the one op in flight: receive, send or close */
+  px_op op; /* the receive (multishot where native), then the close */
   px_fd fd;
   px_conn_id id;
   union {
-    void *buf;       /* the buffer being echoed */
-    conn *next_wait; /* CONN_WAITING: the next in line */
+    echo *sends;     /* buffers to send back, oldest first: the tail of a
+                        circular list whose head is being sent */
+    conn *next_wait; /* waiting: the next in the server's line */
   } u;
-  uint16_t len, sent; /* bytes in buf; of those, sent so far */
   uint8_t state;
+  uint8_t receiving; /* op holds a receive */
+  uint8_t waiting;   /* in the line (then nothing is queued to send) */
+  uint8_t orphan;    /* its close was refused (the loop is being freed) */
+  uint8_t rearm;     /* receive again once its queued echoes are sent */
+};
+
+/* A received buffer on its way back.  One per pool buffer, made at start:
+ * every echo holds a buffer, so there is always one free. */
+struct echo {
+  px_op op; /* its px_send (or the close after a failed send) */
+  conn *c;
+  echo *next;
+  void *buf;
+  uint16_t len, sent;
 };
 
 struct server {
@@ -76,10 +94,12 @@ struct server {
   px_connpool *conns;
   px_bufpool *bufs;
   px_acceptor *acceptor;
+  echo *echoes, *free_echoes; /* one per pool buffer */
+  uint32_t nechoes;
   conn *wait_head, *wait_tail; /* waiting for a buffer, oldest first */
   int stopping;
   uint64_t accepted, enobufs;
-  px_op *stop_closes; /* made at stop: closes for busy connections */
+  px_op *stop_closes; /* made at stop: one close per open connection */
   uint32_t nstop_closes;
   px_op listen_close_op;
   px_op stop_op; /* posted by the signal watcher */
@@ -101,35 +121,17 @@ static _Thread_local server *t_srv;
 
 static void conn_recv(conn *c);
 
-/* ---- Connections. ------------------------------------------------------ */
-
-/* px_close completes the connection's pending op before this runs, so
- * nothing refers to c any more: its slot goes back (and the acceptor
- * may accept again). */
-static void on_conn_closed(px_loop *loop, px_op *op) {
-  conn *c = op->data;
-  (void)loop;
-  if (op->result < 0)
-    fprintf(stderr, "echo_server: close: %s\n", px_strerror(op->result));
-  px_conn_release(t_srv->conns, c->id);
-}
-
-/* Closes c, whose op is idle. */
-static void conn_close(conn *c) {
-  c->state = CONN_CLOSING;
-  int rc = px_close(t_srv->loop, &c->op, c->fd, on_conn_closed, c);
-  if (rc == 0)
-    return;
-  /* Refused (the loop is being freed): nothing of c is in flight. */
-  fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
-  px_fd_close(t_srv->loop, c->fd);
-  px_conn_release(t_srv->conns, c->id);
-}
+/* ---- Buffers and the line for them. ------------------------------------ */
 
 static void buf_release(void *buf) {
   int rc = px_buf_release(t_srv->bufs, buf);
   if (rc < 0)
     fprintf(stderr, "echo_server: px_buf_release: %s\n", px_strerror(rc));
+}
+
+static void echo_free(echo *e) {
+  e->next = t_srv->free_echoes;
+  t_srv->free_echoes = e;
 }
 
 /* A buffer came back: the connection waiting longest receives again. */
@@ -140,14 +142,14 @@ static void wake_one(void) {
   t_srv->wait_head = c->u.next_wait;
   if (t_srv->wait_head == NULL)
     t_srv->wait_tail = NULL;
-  c->state = CONN_OPEN;
-  c->u.buf = NULL;
+  c->waiting = 0;
+  c->u.sends = NULL;
   conn_recv(c);
 }
 
 static void wait_for_buffer(conn *c) {
   t_srv->enobufs++;
-  c->state = CONN_WAITING;
+  c->waiting = 1;
   c->u.next_wait = NULL;
   if (t_srv->wait_tail != NULL)
     t_srv->wait_tail->u.next_wait = c;
@@ -162,67 +164,200 @@ static void wait_for_buffer(conn *c) {
     wake_one();
 }
 
+/* Takes c out of the line (a connection that ends while in it; rare, so a
+ * walk). */
+static void unwait(conn *c) {
+  conn **p = &t_srv->wait_head, *prev = NULL;
+  while (*p != NULL && *p != c) {
+    prev = *p;
+    p = &(*p)->u.next_wait;
+  }
+  if (*p == c) {
+    *p = c->u.next_wait;
+    if (t_srv->wait_tail == c)
+      t_srv->wait_tail = prev;
+  }
+  c->waiting = 0;
+  c->u.sends = NULL;
+}
+
+/* ---- Connections. ------------------------------------------------------ */
+
+/* The echo whose op is op, or NULL (a connection's own op, a stop close). */
+static echo *echo_of(px_op *op) {
+  echo *e = (echo *)(void *)((char *)op - offsetof(echo, op));
+  return e >= t_srv->echoes && e < t_srv->echoes + t_srv->nechoes ? e : NULL;
+}
+
+/* Lets go of what c holds once nothing of it is in flight: its queued
+ * buffers, its place in the line, its slot (the acceptor may accept
+ * again). */
+static void conn_gone(conn *c) {
+  if (c->waiting)
+    unwait(c); /* nothing is queued then */
+  else
+    while (c->u.sends != NULL) {
+      echo *e = c->u.sends->next; /* the head */
+      c->u.sends =
+          e == c->u.sends ? NULL : (c->u.sends->next = e->next, c->u.sends);
+      buf_release(e->buf);
+      echo_free(e);
+    }
+  px_conn_release(t_srv->conns, c->id);
+}
+
+/* px_close completes the connection's pending ops before this runs, so
+ * nothing refers to c any more. */
+static void on_conn_closed(px_loop *loop, px_op *op) {
+  conn *c = op->data;
+  (void)loop;
+  if (op->result < 0)
+    fprintf(stderr, "echo_server: close: %s\n", px_strerror(op->result));
+  echo *closer = echo_of(op);
+  if (closer != NULL) /* closed through the echo whose send failed */
+    echo_free(closer);
+  conn_gone(c);
+}
+
+/* An orphan goes when its last op in flight has ended (head_idle: the
+ * first queued echo is not being sent). */
+static void orphan_reap(conn *c, int head_idle) {
+  if (!c->orphan || c->receiving ||
+      (!c->waiting && c->u.sends != NULL && !head_idle))
+    return;
+  px_fd_close(t_srv->loop, c->fd);
+  conn_gone(c);
+}
+
+/* Closes c with op (idle: its own, or a failed echo's). */
+static void conn_close(conn *c, px_op *op) {
+  c->state = CONN_CLOSING;
+  int rc = px_close(t_srv->loop, op, c->fd, on_conn_closed, c);
+  if (rc == 0)
+    return;
+  /* Refused (the loop is being freed, and cancels what is left): c goes
+   * when nothing of it is in flight. */
+  fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
+  echo *closer = echo_of(op);
+  if (closer != NULL)
+    echo_free(closer);
+  c->orphan = 1;
+  orphan_reap(c, 0);
+}
+
 static void on_send(px_loop *loop, px_op *op);
 
-static void conn_send_rest(conn *c) {
-  int rc = px_send(t_srv->loop, &c->op, c->fd, (char *)c->u.buf + c->sent,
-                   (size_t)(c->len - c->sent), on_send, c);
+static void echo_send(echo *e) {
+  int rc = px_send(t_srv->loop, &e->op, e->c->fd, (char *)e->buf + e->sent,
+                   (size_t)(e->len - e->sent), on_send, e);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_send: %s\n", px_strerror(rc));
-    buf_release(c->u.buf);
-    conn_close(c);
+    e->op.result = rc;
+    on_send(t_srv->loop, &e->op);
   }
+}
+
+/* Queues a received buffer; the first in the queue is sent at once. */
+static void echo_queue(conn *c, void *buf, int32_t len) {
+  echo *e = t_srv->free_echoes;
+  t_srv->free_echoes = e->next;
+  e->c = c;
+  e->buf = buf;
+  e->len = (uint16_t)len;
+  e->sent = 0;
+  if (c->u.sends == NULL) {
+    e->next = e;
+    c->u.sends = e;
+    echo_send(e);
+  } else {
+    e->next = c->u.sends->next;
+    c->u.sends->next = e;
+    c->u.sends = e;
+  }
+}
+
+static void on_send(px_loop *loop, px_op *op) {
+  echo *e = op->data;
+  conn *c = e->c;
+  (void)loop;
+  if (c->state != CONN_CLOSING && op->result >= 0) {
+    e->sent = (uint16_t)(e->sent + op->result);
+    if (e->sent < e->len) {
+      echo_send(e); /* a short write: send what is left */
+      return;
+    }
+  }
+  /* e (the head) is done: off the queue, its buffer back. */
+  c->u.sends =
+      e == c->u.sends ? NULL : (c->u.sends->next = e->next, c->u.sends);
+  buf_release(e->buf);
+  if (c->state == CONN_CLOSING) {
+    echo_free(e); /* the close's callback comes after */
+    orphan_reap(c, 1);
+  } else if (op->result < 0) {
+    /* The peer is gone: close with this echo's op (the receive may still
+     * be pending; the close cancels it). */
+    conn_close(c, &e->op);
+  } else {
+    echo_free(e);
+    if (c->u.sends != NULL) {
+      echo_send(c->u.sends->next);
+    } else if (c->state == CONN_DRAINING) {
+      conn_close(c, &c->op);
+    } else if (c->rearm) {
+      c->rearm = 0;
+      conn_recv(c);
+    }
+  }
+  wake_one();
 }
 
 static void on_recv(px_loop *loop, px_op *op) {
   conn *c = op->data;
   (void)loop;
   void *buf = px_op_buf(op);
-  if (c->state == CONN_CLOSING) { /* stopping: a close is on its way */
+  int more = px_op_more(op);
+  if (!more)
+    c->receiving = 0;
+  if (c->state == CONN_CLOSING) { /* a close is on its way */
     if (buf != NULL)
       buf_release(buf);
+    orphan_reap(c, 0);
+    return;
+  }
+  if (op->result > 0) {
+    echo_queue(c, buf, op->result);
+    if (!more)
+      conn_recv(c); /* no multishot here, or it ended: receive again */
     return;
   }
   if (op->result == PX_ENOBUFS) {
-    wait_for_buffer(c);
+    /* Its own echoes give buffers back; without any, it waits in line. */
+    if (c->u.sends != NULL)
+      c->rearm = 1;
+    else
+      wait_for_buffer(c);
     return;
   }
-  if (op->result <= 0) { /* end of stream, reset, or cancelled */
-    conn_close(c);
-    return;
-  }
-  c->u.buf = buf;
-  c->len = (uint16_t)op->result;
-  c->sent = 0;
-  conn_send_rest(c);
-}
-
-static void on_send(px_loop *loop, px_op *op) {
-  conn *c = op->data;
-  (void)loop;
-  if (c->state == CONN_CLOSING || op->result < 0) {
-    buf_release(c->u.buf);
-    if (c->state != CONN_CLOSING)
-      conn_close(c);
-    return;
-  }
-  c->sent = (uint16_t)(c->sent + op->result);
-  if (c->sent < c->len) {
-    conn_send_rest(c); /* a short write: send what is left */
-    return;
-  }
-  buf_release(c->u.buf);
-  c->u.buf = NULL;
-  conn_recv(c);
-  wake_one();
+  /* End of stream, reset, or cancelled: the queued echoes go first. */
+  if (c->u.sends != NULL)
+    c->state = CONN_DRAINING;
+  else
+    conn_close(c, &c->op);
 }
 
 static void conn_recv(conn *c) {
-  int rc = px_recv_pooled(t_srv->loop, &c->op, c->fd, t_srv->bufs, on_recv, c);
+  int rc = px_recv_pooled_ex(t_srv->loop, &c->op, c->fd, t_srv->bufs,
+                             PX_RECV_MULTISHOT, on_recv, c);
   if (rc < 0) {
     fprintf(stderr, "echo_server: px_recv_pooled: %s\n", px_strerror(rc));
-    conn_close(c);
+    if (c->u.sends != NULL)
+      c->state = CONN_DRAINING;
+    else
+      conn_close(c, &c->op);
+    return;
   }
+  c->receiving = 1;
 }
 
 /* The acceptor hands over each connection with its slot taken. */
@@ -233,7 +368,12 @@ static void on_accept(px_acceptor *acc, px_fd fd, void *obj, px_conn_id id,
   (void)data;
   c->fd = fd;
   c->id = id;
+  c->u.sends = NULL;
   c->state = CONN_OPEN;
+  c->receiving = 0;
+  c->waiting = 0;
+  c->orphan = 0;
+  c->rearm = 0;
   t_srv->accepted++;
   /* Echo replies are small and latency-bound: do not let Nagle hold them. */
   int rc = px_tcp_nodelay(fd, 1);
@@ -251,24 +391,16 @@ static void on_listen_closed(px_loop *loop, px_op *op) {
             px_strerror(op->result));
 }
 
-/* Closes one connection at stop.  One waiting for a buffer has an idle op;
- * a busy one gets a close op of its own, and its pending op completes with
- * PX_ECANCELED first (releasing any buffer it holds). */
+/* Closes one connection at stop with a close op of its own: its pending
+ * receive and send complete with PX_ECANCELED first (releasing the buffers
+ * they hold). */
 static void conn_stop(void *obj, px_conn_id id, void *ctx) {
   conn *c = obj;
   (void)id;
   (void)ctx;
   if (c->state == CONN_CLOSING)
     return;
-  if (c->state == CONN_WAITING) {
-    conn_close(c);
-    return;
-  }
-  c->state = CONN_CLOSING;
-  px_op *op = &t_srv->stop_closes[t_srv->nstop_closes++];
-  int rc = px_close(t_srv->loop, op, c->fd, on_conn_closed, c);
-  if (rc < 0)
-    fprintf(stderr, "echo_server: px_close: %s\n", px_strerror(rc));
+  conn_close(c, &t_srv->stop_closes[t_srv->nstop_closes++]);
 }
 
 /* Runs on the loop thread (px_post), so it may touch everything. */
@@ -484,6 +616,16 @@ static int server_open(server *s, const options *o, int *port) {
   if (rc == 0)
     rc = px_bufpool_new(s->loop, (uint32_t)o->buffers, (uint32_t)o->buf_size,
                         &s->bufs);
+  if (rc == 0) {
+    s->echoes = calloc((size_t)o->buffers, sizeof(echo));
+    if (s->echoes == NULL)
+      rc = PX_ENOMEM;
+    s->nechoes = (uint32_t)o->buffers;
+    for (uint32_t i = s->nechoes; rc == 0 && i-- > 0;) {
+      s->echoes[i].next = s->free_echoes;
+      s->free_echoes = &s->echoes[i];
+    }
+  }
   if (rc == 0)
     rc = px_tcp_listen_ex(s->loop, o->host, *port, o->backlog,
                           o->threads > 1 ? PX_LISTEN_REUSEPORT : 0,
@@ -515,6 +657,7 @@ static void server_close(server *s) {
     fprintf(stderr, "echo_server: buffers still out at exit\n");
   if (s->conns != NULL && px_connpool_free(s->conns) < 0)
     fprintf(stderr, "echo_server: connections still open at exit\n");
+  free(s->echoes);
 }
 
 static void server_run(server *s) {
