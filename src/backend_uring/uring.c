@@ -779,6 +779,7 @@ static int px__ring_init(px__uring *u, unsigned entries) {
     if (r != -EINVAL)
       break;
   }
+  px__init_why("io_uring_queue_init");
   return px__errno(-r);
 }
 
@@ -789,6 +790,7 @@ static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
   u->wake_fd = eventfd(0, EFD_CLOEXEC);
   if (u->wake_fd < 0) {
     int r = px__errno(errno);
+    px__init_why("eventfd");
     px__free(u);
     return r;
   }

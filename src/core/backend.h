@@ -9,7 +9,7 @@
  * Each backend exposes one const table of these functions.  A library built
  * with a single backend calls it directly (PX__ONLY_BACKEND names the table,
  * so the compiler sees through the indirection); a library with several
- * keeps the chosen table in the loop.
+ * keeps the chosen table in the loop (choose.c picks it).
  */
 #ifndef PX_CORE_BACKEND_H
 #define PX_CORE_BACKEND_H
@@ -20,7 +20,12 @@ typedef struct px__backend {
   const char *name;
   unsigned caps; /* PX_CAP_* */
 
-  /* Sets loop->bk.  Returns 0 or a PX_E* code (nothing left allocated). */
+  /* Sets loop->bk.  Returns 0 or a PX_E* code (nothing left allocated).
+   * PX_ENOSYS, PX_EPERM, PX_EACCES and PX_EOPNOTSUPP say that the
+   * mechanism itself is not available here (not in the kernel, refused by
+   * policy, short of something px needs), and only they: a loop that did
+   * not name its backend then tries the next one.  Before returning an
+   * error, init may name the step that failed with px__init_why. */
   int (*init)(px_loop *loop, const px_loop_opts *opts);
   /* Called with no op in flight. */
   void (*destroy)(px_loop *loop);
@@ -87,6 +92,9 @@ void px__complete_buf(px_loop *loop, px_op *op, int32_t result, void *buf);
 void px__deliver(px_loop *loop, px_op *op, int32_t result, void *buf);
 /* Reports that a wakeup requested through backend->wakeup arrived. */
 void px__wake_ack(px_loop *loop);
+/* init's failing step, for PX_DEBUG's line ("io_uring_queue_init"): a
+ * string that lives as long as the program. */
+void px__init_why(const char *step);
 /* Maps a POSIX errno value (positive) to a PX_E* code. */
 int px__errno(int err);
 /* Monotonic clock in nanoseconds. */

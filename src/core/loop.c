@@ -528,16 +528,13 @@ int px_loop_new(px_loop **out, const px_loop_opts *opts) {
   px_loop *loop = px__calloc(1, sizeof(*loop));
   if (loop == NULL)
     return PX_ENOMEM;
-#ifndef PX__ONLY_BACKEND
-#error "px is built with exactly one backend (meson option io_backend)"
-#endif
   atomic_init(&loop->post_head, NULL);
   atomic_init(&loop->posted, 0);
   atomic_init(&loop->wake_pending, 0);
   atomic_init(&loop->shut, false);
   atomic_init(&loop->posting, 0);
   loop->now = px__now_ns();
-  int r = PX__BK(loop)->init(loop, opts);
+  int r = px__backend_init(loop, opts);
   if (r < 0) {
     px__free(loop);
     return r;
