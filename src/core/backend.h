@@ -18,7 +18,7 @@
 
 typedef struct px__backend {
   const char *name;
-  unsigned caps; /* PX_CAP_* */
+  unsigned caps; /* PX_CAP_*: the most it does (see loop_caps) */
 
   /* Sets loop->bk.  Returns 0 or a PX_E* code (nothing left allocated).
    * PX_ENOSYS, PX_EPERM, PX_EACCES and PX_EOPNOTSUPP say that the
@@ -27,6 +27,9 @@ typedef struct px__backend {
    * not name its backend then tries the next one.  Before returning an
    * error, init may name the step that failed with px__init_why. */
   int (*init)(px_loop *loop, const px_loop_opts *opts);
+  /* Optional (may be NULL): this loop's caps, when the kernel found by
+   * init offers less than caps. */
+  unsigned (*loop_caps)(const px_loop *loop);
   /* Called with no op in flight. */
   void (*destroy)(px_loop *loop);
   /* Prepares a handle the core is about to make known (blocking mode,
@@ -48,7 +51,9 @@ typedef struct px__backend {
    * will complete through px__complete exactly once, never from inside
    * this call: a result known at once is reported at the next poll) or a
    * PX_E* code (op did not start).  PX__F_SIGPIPE marks a write to a
-   * handle that is not a regular file, which may raise SIGPIPE.
+   * handle that is not a regular file, which may raise SIGPIPE.  A loop
+   * whose loop_caps lack PX_CAP_MULTISHOT clears PX__F_MULTI from a pooled
+   * receive here: it then completes once, like one without the flag.
    */
   int (*submit)(px_loop *loop, px_op *op);
   /* Asks target (started by submit) to complete with PX_ECANCELED.  When

@@ -600,7 +600,10 @@ const char *px_loop_backend_name(const px_loop *loop) {
 }
 
 unsigned px_loop_caps(const px_loop *loop) {
-  return loop ? PX__BK(loop)->caps : 0;
+  if (loop == NULL)
+    return 0;
+  const px__backend *bk = PX__BK(loop);
+  return bk->loop_caps != NULL ? bk->loop_caps(loop) : bk->caps;
 }
 
 void px_loop_stats(const px_loop *loop, px_stats *out) {
