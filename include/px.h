@@ -130,6 +130,12 @@ struct px_op {
 typedef struct px_loop_opts {
   uint32_t entries; /* submission queue size hint; 0 = 256 */
   uint32_t flags;   /* reserved, 0 */
+  /* "uring", "posix_aio", "iocp" or "auto"; NULL: the PX_BACKEND
+   * environment variable's, else "auto": the first built that is available
+   * here (io_uring refused or missing: posix_aio).  A named backend is
+   * never replaced by another: PX_EINVAL for an unknown name,
+   * PX_EOPNOTSUPP for one not built into this library, or its own error. */
+  const char *backend;
 } px_loop_opts;
 
 /* Capabilities a backend has natively (px_loop_caps). */

@@ -49,6 +49,18 @@
  *   syscalls per px_run call, not per op.
  * - io_uring does not order two requests on one socket; the core queues
  *   stream ops so that at most one per direction reaches this file.
+ * - Unavailable io_uring.  Docker's default seccomp profile and
+ *   kernel.io_uring_disabled make io_uring_setup fail with EPERM, kernels
+ *   built without it with ENOSYS; init then fails with that code and a loop
+ *   that did not name its backend goes on to posix_aio (core/choose.c).
+ *   A kernel that has io_uring but lacks an opcode px uses is found by the
+ *   ring's probe at init and counts as unavailable too (PX_ENOSYS), rather
+ *   than failing one op at a time later.  Some of what px uses has no probe
+ *   bit: the features of Linux 5.19 (ASYNC_CANCEL's FD and ANY flags,
+ *   provided-buffer rings, RECVSEND_POLL_FIRST) are known by an opcode of
+ *   the same release, SOCKET; multishot receives (6.0) by SEND_ZC.  A
+ *   kernel without multishot receives runs a multishot pooled receive as a
+ *   single one, and the loop's caps say so.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,6 +71,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "backend_uring/uring.h"
 #include "core/internal.h"
 
 /* user_data: an op's address, with a tag in the two low bits. */
@@ -87,7 +100,12 @@ typedef struct px__uring {
    * first poll, found by a scan of the handles waiting to close. */
   bool cancel_scan;
   uint16_t next_bgid; /* the next pool's buffer group */
+  bool multishot;     /* the kernel does multishot receives */
 } px__uring;
+
+#define PX__URING_CAPS                                                         \
+  (PX_CAP_FILE_ASYNC | PX_CAP_KERNEL_DEADLINE | PX_CAP_MULTISHOT |             \
+   PX_CAP_BUF_SELECT)
 
 /* Per-op state, inside op->backend (a uint64_t array: may_alias says so to
  * the optimiser). */
@@ -500,6 +518,8 @@ static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
   px__uop_of(op)->stop = 0;
   if (op->kind == PX__OP_RECV_POOLED) {
+    if (!u->multishot)
+      op->flags &= (uint16_t)~PX__F_MULTI; /* one delivery, as promised */
     int r = px__ubr_attach(u, op->buf);
     if (r < 0)
       return r;
@@ -779,7 +799,65 @@ static int px__ring_init(px__uring *u, unsigned entries) {
     if (r != -EINVAL)
       break;
   }
+  px__init_why("io_uring_queue_init");
   return px__errno(-r);
+}
+
+/* ---- What the kernel offers. ------------------------------------------- */
+
+#define PX__OP(x)                                                              \
+  { IORING_OP_##x, "IORING_OP_" #x }
+/* The opcodes of px's requests, and SOCKET for the rest of 5.19 (see the
+ * notes at the top). */
+static const struct {
+  uint8_t op;
+  const char *name;
+} px__needs[] = {
+    PX__OP(NOP),          PX__OP(READ),   PX__OP(WRITE), PX__OP(READV),
+    PX__OP(WRITEV),       PX__OP(RECV),   PX__OP(SEND),  PX__OP(ACCEPT),
+    PX__OP(CONNECT),      PX__OP(CLOSE),  PX__OP(FSYNC), PX__OP(ASYNC_CANCEL),
+    PX__OP(LINK_TIMEOUT), PX__OP(SOCKET),
+};
+
+const char *px__uring_probe_check(const struct io_uring_probe *p,
+                                  bool *multishot) {
+  *multishot = false;
+  for (size_t i = 0; i < sizeof(px__needs) / sizeof(px__needs[0]); i++)
+    if (!io_uring_opcode_supported(p, px__needs[i].op))
+      return px__needs[i].name;
+  *multishot = io_uring_opcode_supported(p, IORING_OP_SEND_ZC);
+  return NULL;
+}
+
+void (*px__uring_probe_hook)(struct io_uring_probe *p);
+
+/* 0 when the kernel has what px needs, else PX_ENOSYS (or the probe's own
+ * failure) with the reason given to px__init_why. */
+static int px__probe(px__uring *u) {
+  enum { OPS = 256 };
+  _Alignas(struct io_uring_probe) unsigned char
+      mem[sizeof(struct io_uring_probe) +
+          OPS * sizeof(struct io_uring_probe_op)];
+  struct io_uring_probe *p = (struct io_uring_probe *)(void *)mem;
+  memset(mem, 0, sizeof(mem));
+  int r = io_uring_register_probe(&u->ring, p, OPS);
+  if (r < 0) {
+    /* EINVAL: a kernel before 5.6, which has no probe. */
+    px__init_why("IORING_REGISTER_PROBE");
+    return r == -EINVAL ? PX_ENOSYS : px__errno(-r);
+  }
+  if (px__uring_probe_hook != NULL)
+    px__uring_probe_hook(p);
+  const char *missing = px__uring_probe_check(p, &u->multishot);
+  if (missing == NULL)
+    return 0;
+  px__init_why(missing);
+  return PX_ENOSYS;
+}
+
+static unsigned px__uring_loop_caps(const px_loop *loop) {
+  const px__uring *u = loop->bk;
+  return u->multishot ? PX__URING_CAPS : PX__URING_CAPS & ~PX_CAP_MULTISHOT;
 }
 
 static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
@@ -789,6 +867,7 @@ static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
   u->wake_fd = eventfd(0, EFD_CLOEXEC);
   if (u->wake_fd < 0) {
     int r = px__errno(errno);
+    px__init_why("eventfd");
     px__free(u);
     return r;
   }
@@ -796,6 +875,11 @@ static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
   unsigned entries = opts->entries ? opts->entries : 256;
   entries = entries < 8 ? 8 : entries > 32768 ? 32768 : entries;
   int r = px__ring_init(u, entries);
+  if (r == 0) {
+    r = px__probe(u);
+    if (r < 0)
+      io_uring_queue_exit(&u->ring);
+  }
   if (r < 0) {
     close(u->wake_fd);
     px__free(u);
@@ -827,9 +911,9 @@ static void px__uring_destroy(px_loop *loop) {
 
 const px__backend px__backend_uring = {
     .name = "uring",
-    .caps = PX_CAP_FILE_ASYNC | PX_CAP_KERNEL_DEADLINE | PX_CAP_MULTISHOT |
-            PX_CAP_BUF_SELECT,
+    .caps = PX__URING_CAPS,
     .init = px__uring_init,
+    .loop_caps = px__uring_loop_caps,
     .destroy = px__uring_destroy,
     .adopt = px__uring_adopt,
     .submit = px__uring_submit,

@@ -9,7 +9,7 @@
  * Each backend exposes one const table of these functions.  A library built
  * with a single backend calls it directly (PX__ONLY_BACKEND names the table,
  * so the compiler sees through the indirection); a library with several
- * keeps the chosen table in the loop.
+ * keeps the chosen table in the loop (choose.c picks it).
  */
 #ifndef PX_CORE_BACKEND_H
 #define PX_CORE_BACKEND_H
@@ -18,10 +18,18 @@
 
 typedef struct px__backend {
   const char *name;
-  unsigned caps; /* PX_CAP_* */
+  unsigned caps; /* PX_CAP_*: the most it does (see loop_caps) */
 
-  /* Sets loop->bk.  Returns 0 or a PX_E* code (nothing left allocated). */
+  /* Sets loop->bk.  Returns 0 or a PX_E* code (nothing left allocated).
+   * PX_ENOSYS, PX_EPERM, PX_EACCES and PX_EOPNOTSUPP say that the
+   * mechanism itself is not available here (not in the kernel, refused by
+   * policy, short of something px needs), and only they: a loop that did
+   * not name its backend then tries the next one.  Before returning an
+   * error, init may name the step that failed with px__init_why. */
   int (*init)(px_loop *loop, const px_loop_opts *opts);
+  /* Optional (may be NULL): this loop's caps, when the kernel found by
+   * init offers less than caps. */
+  unsigned (*loop_caps)(const px_loop *loop);
   /* Called with no op in flight. */
   void (*destroy)(px_loop *loop);
   /* Prepares a handle the core is about to make known (blocking mode,
@@ -43,7 +51,9 @@ typedef struct px__backend {
    * will complete through px__complete exactly once, never from inside
    * this call: a result known at once is reported at the next poll) or a
    * PX_E* code (op did not start).  PX__F_SIGPIPE marks a write to a
-   * handle that is not a regular file, which may raise SIGPIPE.
+   * handle that is not a regular file, which may raise SIGPIPE.  A loop
+   * whose loop_caps lack PX_CAP_MULTISHOT clears PX__F_MULTI from a pooled
+   * receive here: it then completes once, like one without the flag.
    */
   int (*submit)(px_loop *loop, px_op *op);
   /* Asks target (started by submit) to complete with PX_ECANCELED.  When
@@ -87,6 +97,9 @@ void px__complete_buf(px_loop *loop, px_op *op, int32_t result, void *buf);
 void px__deliver(px_loop *loop, px_op *op, int32_t result, void *buf);
 /* Reports that a wakeup requested through backend->wakeup arrived. */
 void px__wake_ack(px_loop *loop);
+/* init's failing step, for PX_DEBUG's line ("io_uring_queue_init"): a
+ * string that lives as long as the program. */
+void px__init_why(const char *step);
 /* Maps a POSIX errno value (positive) to a PX_E* code. */
 int px__errno(int err);
 /* Monotonic clock in nanoseconds. */

@@ -199,6 +199,9 @@ extern const px__backend PX__ONLY_BACKEND;
 #define PX__BK(loop) ((loop)->backend)
 #endif
 
+/* choose.c: picks loop's backend (sets loop->backend) and starts it. */
+int px__backend_init(px_loop *loop, const px_loop_opts *opts);
+
 /* alloc.c */
 void *px__malloc(size_t n);
 void *px__calloc(size_t n, size_t size);

@@ -528,16 +528,13 @@ int px_loop_new(px_loop **out, const px_loop_opts *opts) {
   px_loop *loop = px__calloc(1, sizeof(*loop));
   if (loop == NULL)
     return PX_ENOMEM;
-#ifndef PX__ONLY_BACKEND
-#error "px is built with exactly one backend (meson option io_backend)"
-#endif
   atomic_init(&loop->post_head, NULL);
   atomic_init(&loop->posted, 0);
   atomic_init(&loop->wake_pending, 0);
   atomic_init(&loop->shut, false);
   atomic_init(&loop->posting, 0);
   loop->now = px__now_ns();
-  int r = PX__BK(loop)->init(loop, opts);
+  int r = px__backend_init(loop, opts);
   if (r < 0) {
     px__free(loop);
     return r;
@@ -611,7 +608,10 @@ const char *px_loop_backend_name(const px_loop *loop) {
 }
 
 unsigned px_loop_caps(const px_loop *loop) {
-  return loop ? PX__BK(loop)->caps : 0;
+  if (loop == NULL)
+    return 0;
+  const px__backend *bk = PX__BK(loop);
+  return bk->loop_caps != NULL ? bk->loop_caps(loop) : bk->caps;
 }
 
 void px_loop_stats(const px_loop *loop, px_stats *out) {

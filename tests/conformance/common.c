@@ -38,7 +38,7 @@ px_loop *new_loop(void) {
 }
 
 px_loop *new_loop_entries(uint32_t entries) {
-  px_loop_opts opts = {entries, 0};
+  px_loop_opts opts = {.entries = entries};
   px_loop *loop = NULL;
   assert_int_equal(px_loop_new(&loop, &opts), 0);
   assert_non_null(loop);

@@ -19,6 +19,8 @@
 #include <ws2tcpip.h>
 
 #include <windows.h>
+
+#include <io.h>
 #else
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -164,6 +166,67 @@ int pt_temp_path(char *buf, size_t size, const char *tag) {
     dir = "/tmp";
   int n = snprintf(buf, size, "%s/px-test-%ld-%u-%s", dir, pid, counter++, tag);
   return n > 0 && (size_t)n < size ? 0 : -1;
+}
+
+int pt_setenv(const char *name, const char *value) {
+#ifdef _WIN32
+  /* An empty value removes the variable on Windows. */
+  return _putenv_s(name, value != NULL ? value : "") == 0 ? 0 : -1;
+#else
+  return value != NULL ? setenv(name, value, 1) : unsetenv(name);
+#endif
+}
+
+#ifdef _WIN32
+#define pt_dup _dup
+#define pt_dup2 _dup2
+#define pt_fileno _fileno
+#define pt_close _close
+#else
+#define pt_dup dup
+#define pt_dup2 dup2
+#define pt_fileno fileno
+#define pt_close close
+#endif
+
+static struct {
+  FILE *file;
+  int saved; /* the real stderr, while captured */
+  char path[512];
+} capture = {NULL, -1, ""};
+
+int pt_stderr_capture_start(void) {
+  if (pt_temp_path(capture.path, sizeof(capture.path), "stderr") != 0)
+    return -1;
+  capture.file = fopen(capture.path, "w+");
+  if (capture.file == NULL)
+    return -1;
+  fflush(stderr);
+  capture.saved = pt_dup(2);
+  if (capture.saved < 0 || pt_dup2(pt_fileno(capture.file), 2) < 0) {
+    if (capture.saved >= 0)
+      pt_close(capture.saved);
+    fclose(capture.file);
+    remove(capture.path);
+    capture.file = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+void pt_stderr_capture_stop(char *buf, size_t size) {
+  buf[0] = '\0';
+  if (capture.file == NULL)
+    return;
+  fflush(stderr);
+  pt_dup2(capture.saved, 2);
+  pt_close(capture.saved);
+  rewind(capture.file);
+  size_t n = fread(buf, 1, size - 1, capture.file);
+  buf[n] = '\0';
+  fclose(capture.file);
+  remove(capture.path);
+  capture.file = NULL;
 }
 
 void pt_sigpipe_default(void) {

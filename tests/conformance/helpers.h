@@ -28,6 +28,16 @@ void pt_thread_join(pt_thread *t);
 /* Writes "<TMPDIR or /tmp>/px-test-<pid>-<n>-<tag>" into buf. */
 int pt_temp_path(char *buf, size_t size, const char *tag);
 
+/* Sets an environment variable of this process, or removes it (value
+ * NULL).  Returns 0 or -1. */
+int pt_setenv(const char *name, const char *value);
+
+/* Sends what the process writes to stderr into a temporary file until
+ * pt_stderr_capture_stop, which puts it (cut to size, NUL-terminated) into
+ * buf.  Returns 0 or -1 (nothing is redirected then). */
+int pt_stderr_capture_start(void);
+void pt_stderr_capture_stop(char *buf, size_t size);
+
 /* Puts SIGPIPE back to its default action (where the platform has it), so a
  * test shows that px itself keeps the process alive. */
 void pt_sigpipe_default(void);

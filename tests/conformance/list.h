@@ -1,6 +1,6 @@
 /* The conformance suite, in run order.  Included twice: once to declare the
  * tests (conf.h), once to register them (main.c). */
-PX_TEST(backend_name_matches_the_build)
+PX_TEST(backend_name_is_the_expected_one)
 PX_TEST(op_is_at_most_128_bytes)
 PX_TEST(strerror_is_distinct_for_each_code)
 PX_TEST(nop_completes_with_zero)

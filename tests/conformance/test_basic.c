@@ -3,13 +3,19 @@
 
 #include <ctype.h>
 
-void backend_name_matches_the_build(void **state) {
+/* The run says which backend it expects (PX_TEST_BACKEND, set by the build
+ * for each run): the one PX_BACKEND names, or the one px falls back to. */
+void backend_name_is_the_expected_one(void **state) {
   (void)state;
+  const char *expect = getenv("PX_TEST_BACKEND");
+  if (expect == NULL || expect[0] == '\0') {
+    print_message("PX_TEST_BACKEND is not set: no name to compare with\n");
+    skip();
+  }
   px_loop *loop = new_loop();
   const char *name = px_loop_backend_name(loop);
   assert_non_null(name);
-  assert_true(name[0] != '\0');
-  assert_string_equal(name, PX_TEST_BACKEND);
+  assert_string_equal(name, expect);
   finish(loop);
 }
 
