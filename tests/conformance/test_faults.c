@@ -556,10 +556,10 @@ static void xfer_free(xfer *x) {
  * 2048 bytes asked for each buffer: Linux doubles the request and raises it
  * to its floor, giving a 4608-byte send buffer (the floor) and a 4096-byte
  * receive buffer.  At the receive floor itself (2304 bytes, about what one
- * loopback segment's memory takes) a connection whose one direction has
- * finished while the other still flows can fall back on the sender's
- * 200 ms timer for every few hundred bytes (docs/reliability.md): a kernel
- * matter, not px's, which would only make the test slow.
+ * loopback segment's memory takes) a connection whose one direction had
+ * finished while the other still flowed moved a few hundred bytes per
+ * 200 ms retransmission timer, with px reading each byte as soon as the
+ * poller reported it (docs/reliability.md): minutes for a megabyte.
  */
 
 enum { TINY_BUF = 2048 };
