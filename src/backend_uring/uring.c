@@ -871,9 +871,10 @@ static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
     px__free(u);
     return r;
   }
-  /* At least 8 SQEs, so that an op and its linked timeout always fit. */
+  /* At least 4 SQEs (and so 8 CQEs): an op and its linked timeout need two
+   * adjacent ones, and the eventfd read may hold a third. */
   unsigned entries = opts->entries ? opts->entries : 256;
-  entries = entries < 8 ? 8 : entries > 32768 ? 32768 : entries;
+  entries = entries < 4 ? 4 : entries > 32768 ? 32768 : entries;
   int r = px__ring_init(u, entries);
   if (r == 0) {
     r = px__probe(u);

@@ -444,9 +444,13 @@ static int px__run(px_loop *loop, px_run_mode mode) {
       return 0;
     bool block = mode == PX_RUN_DEFAULT || (mode == PX_RUN_ONCE && !ran);
     int r = px__iterate(loop, block ? -1 : 0);
-    px__dispatch(loop);
+    int n = px__dispatch(loop);
     if (r < 0)
       return r;
+    /* A wait that ended with no callback and no wakeup (a signal, EINTR)
+     * is not what ONCE waits for: wait again, as px_wait does. */
+    if (mode == PX_RUN_ONCE && block && n == 0 && !loop->woken)
+      continue;
     if (mode != PX_RUN_DEFAULT)
       return px__alive(loop) ? 1 : 0;
   }

@@ -24,6 +24,7 @@ int test_teardown(void **state) {
   (void)state;
   pt_wake_cancel();
   pt_hang_guard(0);
+  pt_alarm_stop(); /* a test that failed with its signals running */
   /* PX_TEST_TIMES=1 shows how long each test took. */
   if (getenv("PX_TEST_TIMES") != NULL)
     printf("           took %d ms\n", (int)(pt_now_ms() - test_start_ms));

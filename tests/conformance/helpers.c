@@ -23,11 +23,17 @@
 #include <io.h>
 #else
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #endif
@@ -521,6 +527,181 @@ int pt_raw_send(px_fd fd, const void *buf, size_t len) {
 void pt_raw_close(px_fd fd) {
   pt_sock_close((pt_sock)fd);
 }
+
+/* ---- Fault injection. ---------------------------------------------------- */
+
+#ifdef _WIN32
+unsigned pt_fd_limit_raise(unsigned want) {
+  return want;
+}
+
+int pt_sock_bufs(px_fd fd, int bytes, int *snd, int *rcv) {
+  SOCKET s = (SOCKET)fd;
+  int len = (int)sizeof(int);
+  if (setsockopt(s, SOL_SOCKET, SO_SNDBUF, (const char *)&bytes, len) != 0 ||
+      setsockopt(s, SOL_SOCKET, SO_RCVBUF, (const char *)&bytes, len) != 0)
+    return -1;
+  if (snd != NULL && getsockopt(s, SOL_SOCKET, SO_SNDBUF, (char *)snd, &len))
+    return -1;
+  len = (int)sizeof(int);
+  if (rcv != NULL && getsockopt(s, SOL_SOCKET, SO_RCVBUF, (char *)rcv, &len))
+    return -1;
+  return 0;
+}
+
+int pt_alarm_start(unsigned usec) {
+  (void)usec;
+  return -1;
+}
+
+unsigned long pt_alarm_stop(void) {
+  return 0;
+}
+
+int pt_in_child(int (*fn)(void *arg), void *arg) {
+  return fn(arg);
+}
+
+const char *pt_signal_name(int sig) {
+  (void)sig;
+  return "?";
+}
+#else
+unsigned pt_fd_limit_raise(unsigned want) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return 0;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+    rlim_t old = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
+                      ? (rlim_t)want
+                      : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      rl.rlim_cur = old;
+  }
+  return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 0xffffffffu
+             ? 0xffffffffu
+             : (unsigned)rl.rlim_cur;
+}
+
+int pt_sock_bufs(px_fd fd, int bytes, int *snd, int *rcv) {
+  int s = (int)fd;
+  socklen_t len = sizeof(int);
+  if (setsockopt(s, SOL_SOCKET, SO_SNDBUF, &bytes, len) != 0 ||
+      setsockopt(s, SOL_SOCKET, SO_RCVBUF, &bytes, len) != 0)
+    return -1;
+  if (snd != NULL && getsockopt(s, SOL_SOCKET, SO_SNDBUF, snd, &len) != 0)
+    return -1;
+  len = sizeof(int);
+  if (rcv != NULL && getsockopt(s, SOL_SOCKET, SO_RCVBUF, rcv, &len) != 0)
+    return -1;
+  return 0;
+}
+
+static struct {
+  int running;
+  pthread_t target;
+  struct sigaction old;
+  volatile sig_atomic_t caught; /* by the target thread only */
+  atomic_int passing;           /* handlers passing a signal on right now */
+} alarm_state;
+
+static void on_alarm(int sig) {
+  int saved = errno;
+  if (pthread_equal(pthread_self(), alarm_state.target)) {
+    alarm_state.caught = alarm_state.caught + 1;
+  } else {
+    atomic_fetch_add(&alarm_state.passing, 1);
+    pthread_kill(alarm_state.target, sig);
+    atomic_fetch_sub(&alarm_state.passing, 1);
+  }
+  errno = saved;
+}
+
+int pt_alarm_start(unsigned usec) {
+  struct sigaction sa;
+  struct itimerval it;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_alarm;
+  sa.sa_flags = 0; /* no SA_RESTART: interrupted calls fail with EINTR */
+  sigemptyset(&sa.sa_mask);
+  alarm_state.target = pthread_self();
+  alarm_state.caught = 0;
+  if (sigaction(SIGALRM, &sa, &alarm_state.old) != 0)
+    return -1;
+  memset(&it, 0, sizeof(it));
+  it.it_interval.tv_usec = (suseconds_t)usec;
+  it.it_value.tv_usec = (suseconds_t)usec;
+  if (setitimer(ITIMER_REAL, &it, NULL) != 0) {
+    sigaction(SIGALRM, &alarm_state.old, NULL);
+    return -1;
+  }
+  alarm_state.running = 1;
+  return 0;
+}
+
+unsigned long pt_alarm_stop(void) {
+  struct itimerval off;
+  struct sigaction ign;
+  if (!alarm_state.running)
+    return 0;
+  alarm_state.running = 0;
+  memset(&off, 0, sizeof(off));
+  setitimer(ITIMER_REAL, &off, NULL);
+  /* Ignoring the signal drops one still pending; once no handler is passing
+   * one on, none can come, and the old action (perhaps the default, which
+   * ends the process) is safe to put back. */
+  memset(&ign, 0, sizeof(ign));
+  ign.sa_handler = SIG_IGN;
+  sigemptyset(&ign.sa_mask);
+  sigaction(SIGALRM, &ign, NULL);
+  while (atomic_load(&alarm_state.passing) != 0)
+    sched_yield();
+  sigaction(SIGALRM, &alarm_state.old, NULL);
+  return (unsigned long)alarm_state.caught;
+}
+
+int pt_in_child(int (*fn)(void *arg), void *arg) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0)
+    return 255;
+  if (pid == 0) {
+    alarm(20); /* a hang ends with SIGALRM, reported by the parent */
+    int rc = fn(arg);
+    fflush(stdout);
+    fflush(stderr);
+    _exit(rc & 0xff);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR)
+      return 255;
+  if (WIFSIGNALED(status))
+    return -WTERMSIG(status);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
+
+const char *pt_signal_name(int sig) {
+  switch (sig) {
+    case SIGPIPE:
+      return "SIGPIPE";
+    case SIGALRM:
+      return "SIGALRM (the child hung)";
+    case SIGSEGV:
+      return "SIGSEGV";
+    case SIGABRT:
+      return "SIGABRT";
+    case SIGBUS:
+      return "SIGBUS";
+    case SIGKILL:
+      return "SIGKILL";
+    default:
+      return "another signal";
+  }
+}
+#endif
 
 /* ---- Watchdog. ---------------------------------------------------------- */
 

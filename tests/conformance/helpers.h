@@ -100,4 +100,41 @@ void pt_hang_guard(unsigned seconds);
 void pt_wake_at(px_loop *loop, uint64_t deadline_ms);
 void pt_wake_cancel(void);
 
+/* ---- Fault injection. ---------------------------------------------------- */
+
+/* Raises the soft limit on open descriptors towards want (never above the
+ * hard limit).  Returns the limit in force afterwards, or want where the
+ * platform has no such limit. */
+unsigned pt_fd_limit_raise(unsigned want);
+
+/* Asks for socket buffers of bytes each way (SO_SNDBUF, SO_RCVBUF); the
+ * system raises a request below its minimum to that minimum.  The sizes in
+ * force are stored in *snd and *rcv (either may be NULL).  Returns 0 or -1. */
+int pt_sock_bufs(px_fd fd, int bytes, int *snd, int *rcv);
+
+/*
+ * A SIGALRM every usec microseconds (setitimer ITIMER_REAL), caught by a
+ * handler installed without SA_RESTART, so that each blocking system call
+ * it interrupts fails with EINTR.  The calling thread is the target: a
+ * signal the kernel hands to another thread is passed on to it.  Returns 0,
+ * or -1 where the platform has no SIGALRM (Windows).  pt_alarm_stop stops
+ * the timer, puts the previous action back and returns how many signals
+ * the target thread caught (0 and nothing done when none was started: each
+ * test's teardown calls it, so a failed test leaves no timer running).
+ */
+int pt_alarm_start(unsigned usec);
+unsigned long pt_alarm_stop(void);
+
+/*
+ * Runs fn(arg) in a child process (fork) and waits for it, so that a signal
+ * that kills it does not kill the test suite; the child ends with SIGALRM
+ * after 20 s (a hang).  Returns fn's result (0: success, 1..255: failure)
+ * or, when a signal ended the child, minus the signal's number.  Where
+ * there is no fork (Windows) fn runs in this process.  fn must not use
+ * CMocka's asserts (in a child they would run the rest of the suite there).
+ */
+int pt_in_child(int (*fn)(void *arg), void *arg);
+/* The name of a signal (for a message), or "?" */
+const char *pt_signal_name(int sig);
+
 #endif /* PX_TEST_HELPERS_H */
