@@ -23,14 +23,20 @@ then "RESULT passed=N failed=N".  Scenarios:
                keep-alive client's p99 latency stays under 50 ms.
   no-read      50 clients pipeline requests for large responses and never
                read: RSS growth stays under 50 x the per-connection cap,
-               other clients are served, descriptors return afterwards.
+               other clients are served; the half that close are dropped
+               at once, the others by the server's 30 s send deadline.
+  buffers      6,000 connections on one thread, which has 4,096 receive
+               buffers, each holding half a head; then half send the rest
+               (all answered within 5 s) and half reset: no deadlock in
+               the server's line for buffers, descriptors return.
   flood        the server under RLIMIT_NOFILE 256 and 1,000 connections at
                once: no busy accept loop (CPU < 20% of a core while the
                flood holds), answers again once the flood is gone.
 
 Every wait has a deadline; figures are measured, thresholds asserted.  A
 client reports "READY {json}" when its load is in place and "DONE {json}"
-at the end; the hold-type clients let go when their stdin closes.
+at the end; the hold-type clients take their next step at a line on their
+stdin and let go when it closes.
 """
 import errno
 import json
@@ -59,6 +65,8 @@ MIB = 1024 * 1024
 RECV_BUF = 16 * 1024  # a pooled receive buffer, and a response buffer
 HEAD_BUF = 48 * 1024  # a head gathered over several receives
 LINGER_MS = 2000      # the lingering close after an error response
+RECV_BUFFERS = 4096   # receive buffers per thread (min(--max-conns, 4096))
+SEND_TIMEOUT_MS = 30000  # the deadline of each send
 # What one connection can hold in the server's memory: one op is in flight
 # at a time, so while a response is being sent the connection receives
 # nothing more; it holds at most its unconsumed input (one receive buffer,
@@ -299,8 +307,9 @@ def client_noread(port, clients, path, per_client):
     """clients connections that pipeline requests and never read: half of
     them per_client GETs of path (a large file), half 'GET /' until the
     buffers are full.  Each advertises a small receive window (SO_RCVBUF
-    4 KiB, a slow reader's), so the server's sends stall soon.  They hold
-    until stdin closes, then close (with unread data waiting: a reset)."""
+    4 KiB, a slow reader's), so the server's sends stall soon.  At a line
+    on stdin the first half close (with unread data waiting: a reset); the
+    others hold until stdin closes."""
     raise_nofile()
     socks, failed = connect_many(port, clients, rcvbuf=4096)
     big = (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n") * \
@@ -334,9 +343,16 @@ def client_noread(port, clients, path, per_client):
                 sel.unregister(s)
     report("READY", {"connected": len(socks), "failed": failed,
                      "request_bytes": sent})
-    while not stdin_closed(3600):
-        pass
-    for s in socks:
+    # A line on stdin: the first half close (both kinds); the others hold
+    # until stdin closes.
+    half = len(socks) // 2
+    if sys.stdin.buffer.readline():
+        for s in socks[:half]:
+            s.close()
+        report("CLOSED", {"closed": half})
+        while not stdin_closed(3600):
+            pass
+    for s in socks[half:]:
         s.close()
     report("DONE", {})
 
@@ -375,6 +391,54 @@ def client_flood(port, conns):
     for s in socks:
         s.close()
     report("DONE", {"answered": answered, "closed_by_server": closed})
+
+
+def client_split(port, conns):
+    """conns connections (in batches of 1,000), each sending the first half
+    of a head; READY; then, when a line comes on stdin, the even ones send
+    the rest and read their answers, and after them the odd ones reset."""
+    raise_nofile()
+    socks, failed = [], 0
+    while len(socks) + failed < conns:
+        got, bad = connect_many(port, min(1000, conns - len(socks) - failed))
+        for s in got:
+            try:
+                s.send(b"GET / HTTP/1.1\r\nHo")
+            except OSError:
+                failed += 1
+        socks += got
+        failed += bad
+    report("READY", {"connected": len(socks), "failed": failed})
+    sys.stdin.buffer.readline()
+    t0 = now()
+    sel = selectors.DefaultSelector()
+    for s in socks[0::2]:
+        try:
+            s.send(b"st: x\r\n\r\n")
+            sel.register(s, selectors.EVENT_READ)
+        except OSError:
+            s.close()
+    answered, last = 0, None
+    end = now() + 30
+    while sel.get_map() and now() < end:
+        for key, _ in sel.select(timeout=0.5):
+            try:
+                data = key.fileobj.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data.startswith(b"HTTP/1.1 200"):
+                answered += 1
+                last = now() - t0
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    for s in socks[1::2]:
+        rst_close(s)
+    report("DONE", {"completed": len(socks[0::2]), "answered": answered,
+                    "seconds": None if last is None else round(last, 3)})
 
 
 # ---- The orchestrator's side. -----------------------------------------------
@@ -504,9 +568,11 @@ class Client:
             self.p.wait()
 
 
-def stuck_sends(port):
+def stuck_sends(port, least=64 * 1024):
     """(sockets, bytes): the server's established sockets on port whose
-    send queue holds data, and how much (/proc/net/tcp tx_queue)."""
+    send queue holds at least least bytes, and how much (/proc/net/tcp
+    tx_queue; a response on its way to a client that reads, such as the
+    keep-alive client's, holds less)."""
     n = total = 0
     with open("/proc/net/tcp") as f:
         next(f)
@@ -514,10 +580,26 @@ def stuck_sends(port):
             fields = line.split()
             local, state, queues = fields[1], fields[3], fields[4]
             tx = int(queues.split(":")[0], 16)
-            if int(local.split(":")[1], 16) == port and state == "01" and tx:
+            if int(local.split(":")[1], 16) == port and state == "01" and \
+                    tx >= least:
                 n += 1
                 total += tx
     return n, total
+
+
+def drained_sockets(port):
+    """The server's established sockets on port with nothing left unread
+    (/proc/net/tcp rx_queue 0)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            rx = int(fields[4].split(":")[1], 16)
+            if int(fields[1].split(":")[1], 16) == port and \
+                    fields[3] == "01" and rx == 0:
+                n += 1
+    return n
 
 
 def extra_fds(srv, base_list):
@@ -611,21 +693,29 @@ def stop_server(srv, checks):
 # ---- Scenarios. -------------------------------------------------------------
 
 def scenario_half_reset(exe):
-    total, wave, hold_ms = 10000, 1000, 100
-    warm_total = 2 * wave
+    total, wave, hold_ms, warm_max = 10000, 1000, 100, 10
     ck = Checks()
     srv = Server(exe, ["--threads", "2"])
     try:
         base_fds, base_list = srv.fds(), srv.fd_list()
         answers(srv.port, ck, "at the start")
-        # Warm-up: the same abuse, smaller, so that pools, the handle table
-        # and the allocator have their working set before RSS is taken.
-        warm = Client("halfreset", srv.port, warm_total, wave, hold_ms)
-        ck(warm.wait("DONE", 120) is not None, "the warm-up client finishes")
-        warm.finish()
-        ok, _ = wait_until(lambda: srv.fds() == base_fds, 10)
-        ck(ok, "descriptors back to the baseline after the warm-up")
-        rss_warm = srv.rss_kib()
+        # Warm-up: the same abuse a wave at a time until a wave adds less
+        # than 1% to RSS (at most warm_max waves), so that pools, the handle
+        # table and the allocator have their working set before RSS is
+        # taken.  (io_uring's buffer ring grows on demand and the kernel
+        # takes its buffers in turn: how many get touched depends on the
+        # timing of the first waves.)
+        rss_warm, warm_waves = srv.rss_kib(), 0
+        while warm_waves < warm_max:
+            warm = Client("halfreset", srv.port, wave, wave, hold_ms)
+            ck(warm.wait("DONE", 120) is not None, "the warm-up finishes")
+            warm.finish()
+            warm_waves += 1
+            ok, _ = wait_until(lambda: srv.fds() == base_fds, 10)
+            ck(ok, "descriptors back to the baseline after the warm-up")
+            rss, rss_warm = rss_warm, srv.rss_kib()
+            if warm_waves >= 2 and rss_warm - rss < rss / 100:
+                break
         samp = Sampler(srv)
         cl = Client("halfreset", srv.port, total, wave, hold_ms)
         done = cl.wait("DONE", 300)
@@ -650,8 +740,9 @@ def scenario_half_reset(exe):
            f"{done.get('waves', 0)} waves of {wave} ({done.get('seconds')} s, "
            f"{done.get('failed', 0)} connect failures); peak fds "
            f"{samp.max_fds}, fds {base_fds} -> {fds_after} "
-           f"(settled in {settle_s:.2f} s); RSS after warm-up "
-           f"{mib(rss_warm)}, after {mib(rss_after)} ({growth:+.1f}%, "
+           f"(settled in {settle_s:.2f} s); RSS after a warm-up of "
+           f"{warm_waves} waves {mib(rss_warm)}, after {mib(rss_after)} "
+           f"({growth:+.1f}%, "
            f"limit +10%), peak {mib(samp.max_rss)}; "
            f"{'answers' if ok else 'does NOT answer'} afterwards")
     return fig, ck.failed
@@ -761,6 +852,7 @@ def scenario_no_read(exe):
         samp = Sampler(srv)
         noread = Client("noread", srv.port, clients, "/big.bin", per_client)
         ready = noread.wait("READY", 60) or {}
+        t_ready = now()
         ck(ready.get("connected") == clients,
            f"{clients} never-reading clients connected "
            f"({ready.get('connected')})")
@@ -778,16 +870,31 @@ def scenario_no_read(exe):
         ck(served == tries, f"serves the file to another client meanwhile "
            f"({served}/{tries})")
         fds_held = srv.fds()
-        noread.finish()
-        noread = None
-        settled, settle_s = wait_until(lambda: srv.fds() == base_fds, 10)
+        # Half of them close: the server lets go of those at once.
+        noread.p.stdin.write(b"close\n")
+        noread.p.stdin.flush()
+        half = (noread.wait("CLOSED", 10) or {}).get("closed", 0)
+        rest = clients - half
+        dropped, drop_s = wait_until(
+            lambda: stuck_sends(srv.port)[0] <= rest, 10)
+        ck(dropped, f"the server drops the {half} that closed "
+           f"({stuck_sends(srv.port)[0]} still stuck)")
+        # The others never close: the server's send deadline drops them.
+        limit_s = SEND_TIMEOUT_MS / 1000 + 5
+        settled, _ = wait_until(lambda: srv.fds() == base_fds,
+                                max(0, t_ready + limit_s + 5 - now()), 0.2)
+        release_s = now() - t_ready
         fds_after = srv.fds()
         samp.stop()
+        ck(settled and release_s <= limit_s,
+           f"the server drops the {rest} that never close by its send "
+           f"deadline + 5 s ({release_s:.1f} s after they stalled; extra: "
+           f"{extra_fds(srv, base_list)})")
         growth = samp.max_rss - rss_warm
         ck(growth <= bound_kib, f"RSS growth {growth} KiB within "
            f"{bound_kib} KiB")
-        ck(settled, f"descriptors back to the baseline {base_fds} (extra: "
-           f"{extra_fds(srv, base_list)})")
+        noread.finish()
+        noread = None
         nd = normal.finish() or {}
         normal = None
         ck(nd.get("errors", 1) == 0 and nd.get("requests", 0) > 100,
@@ -804,15 +911,70 @@ def scenario_no_read(exe):
     fig = (f"{ready.get('connected')} clients pipelined "
            f"{ready.get('request_bytes', 0) // 1024} KiB of requests "
            f"(GET of a 4 MiB file x{per_client}, or GET / until the buffers "
-           f"filled) and never read for {hold_s:.0f} s, the server's sends "
-           f"to {stuck} stuck ({stuck_bytes // 1024} KiB in kernel queues): "
-           f"RSS {mib(rss_warm)} -> peak {mib(samp.max_rss)} (+{growth} KiB; "
+           f"filled) and never read, the server's sends to {stuck} stuck "
+           f"({stuck_bytes // 1024} KiB in kernel queues): RSS "
+           f"{mib(rss_warm)} -> peak {mib(samp.max_rss)} (+{growth} KiB; "
            f"bound {clients} x {CONN_CAP // 1024} KiB + {slack_kib // 1024} "
-           f"MiB = {bound_kib} KiB); fds {base_fds} -> {fds_held} held -> "
-           f"{fds_after} {settle_s:.2f} s "
-           f"after they closed; meanwhile the file served {served} times "
-           f"and GET / {nd.get('requests')} times (p99 {nd.get('p99_ms')} "
-           f"ms, {nd.get('errors')} errors)")
+           f"MiB = {bound_kib} KiB); meanwhile the file served {served} "
+           f"times and GET / {nd.get('requests')} times (p99 "
+           f"{nd.get('p99_ms')} ms, {nd.get('errors')} errors); fds "
+           f"{base_fds} -> {fds_held}; {half} closed after {hold_s:.0f} s "
+           f"and were dropped in {drop_s:.2f} s; the other {rest} were "
+           f"dropped by the send deadline {release_s:.1f} s after they "
+           f"stalled (limit {limit_s:.0f} s), fds back to {fds_after}")
+    return fig, ck.failed
+
+
+def scenario_buffers(exe):
+    conns = 6000
+    ck = Checks()
+    # One thread: more connections than its receive buffers (RECV_BUFFERS).
+    srv = Server(exe, ["--threads", "1"])
+    split = None
+    try:
+        base_fds, base_list = srv.fds(), srv.fd_list()
+        split = Client("split", srv.port, conns)
+        ready = split.wait("READY", 120) or {}
+        ck(ready.get("connected") == conns,
+           f"{conns} connections ({ready.get('connected')})")
+        held, _ = wait_until(lambda: srv.fds() >= base_fds + conns, 20)
+        ck(held, f"the server holds all {conns} ({srv.fds() - base_fds})")
+        # Every receive buffer holds a first half before the rest comes.
+        wait_until(lambda: drained_sockets(srv.port) >= RECV_BUFFERS, 10)
+        drained = drained_sockets(srv.port)
+        rss_held = srv.rss_kib()
+        split.p.stdin.write(b"go\n")
+        split.p.stdin.flush()
+        done = split.wait("DONE", 60) or {}
+        split.finish()
+        split = None
+        ck(done.get("answered") == done.get("completed") == conns // 2,
+           f"every completed head answered ({done.get('answered')}/"
+           f"{done.get('completed')})")
+        # Well before --head-ms (10 s) frees the buffers of the others.
+        ck((done.get("seconds") or 99) < 5,
+           f"answered within 5 s ({done.get('seconds')} s)")
+        settled, settle_s = wait_until(lambda: srv.fds() == base_fds, 10)
+        ck(settled, f"descriptors back to the baseline {base_fds} (extra: "
+           f"{len(extra_fds(srv, base_list))})")
+        answers(srv.port, ck, "afterwards")
+    finally:
+        if split is not None:
+            split.kill()
+        rc = srv.stop()
+        ck(rc == 0, f"the server exits cleanly on SIGTERM (status {rc})")
+    stats = [x for x in srv.lines if x.startswith("stats:")]
+    m = re.search(r"enobufs=(\d+)", stats[-1]) if stats else None
+    enobufs = int(m.group(1)) if m else 0
+    ck(enobufs > 0, "connections waited for a receive buffer")
+    fig = (f"{ready.get('connected')} connections on one thread "
+           f"({RECV_BUFFERS} receive buffers) with half a head each, "
+           f"{drained} of them read; then half sent the rest: "
+           f"{done.get('answered')}/{done.get('completed')} answered in "
+           f"{done.get('seconds')} s (limit 5 s), then the other half reset; "
+           f"{enobufs} waits for "
+           f"a buffer; RSS {mib(rss_held)} while held; fds back to "
+           f"{base_fds} in {settle_s:.2f} s")
     return fig, ck.failed
 
 
@@ -888,6 +1050,7 @@ SCENARIOS = {
     "half-reset": scenario_half_reset,
     "slowloris": scenario_slowloris,
     "no-read": scenario_no_read,
+    "buffers": scenario_buffers,
     "flood": scenario_flood,
 }
 
@@ -929,6 +1092,7 @@ CLIENTS = {
     "client-noread": lambda a: client_noread(int(a[0]), int(a[1]), a[2],
                                              int(a[3])),
     "client-flood": lambda a: client_flood(int(a[0]), int(a[1])),
+    "client-split": lambda a: client_split(int(a[0]), int(a[1])),
 }
 
 if __name__ == "__main__":
