@@ -759,6 +759,7 @@ def scenario_slowloris(exe):
         time.sleep(0.5)  # some latencies before the attack, as a reference
         base_fds = srv.fds()  # the keep-alive connection included
         base_list = srv.fd_list()
+        rss_before = srv.rss_kib()
         samp = Sampler(srv)
         loris = Client("slowloris", srv.port, clients, 1000,
                        head_ms / 1000 + LINGER_MS / 1000 + 6)
@@ -814,7 +815,8 @@ def scenario_slowloris(exe):
            f"{r408} with 408, {(took[0] if took else 0):.2f}-"
            f"{(took[-1] if took else 0):.2f} s after their first byte "
            f"(--head-ms {head_ms}, limit +{slack_ms} ms), {resets} later "
-           f"reset by the lingering close; peak fds {samp.max_fds}, all released "
+           f"reset by the lingering close; peak fds {samp.max_fds}, RSS "
+           f"{mib(rss_before)} -> peak {mib(samp.max_rss)}, all released "
            f"{release_s:.2f} s after they connected (limit {limit_s:.0f} s); "
            f"keep-alive client: "
            f"{nd.get('requests')} requests, p50 {nd.get('p50_ms')} ms, p99 "
