@@ -358,6 +358,22 @@ static void conn_recv(conn *c) {
   }
 }
 
+/* Moves the input out of its receive buffer into a head buffer, and the
+ * receive buffer goes back.  0, or -1 when no head buffer is left. */
+static int conn_gather(conn *c) {
+  worker *w = c->w;
+  char *h = px_buf_get(w->heads);
+  if (h == NULL)
+    return -1;
+  memcpy(h, c->in + c->in_off, c->in_len);
+  char *old = c->in;
+  c->in = h;
+  c->in_off = 0;
+  c->in_head = 1;
+  buf_put(w, w->bufs, old);
+  return 0;
+}
+
 /* Appends n received bytes of buf to the connection's input. */
 static int conn_take_input(conn *c, char *buf, uint32_t n) {
   worker *w = c->w;
@@ -369,16 +385,10 @@ static int conn_take_input(conn *c, char *buf, uint32_t n) {
     return 0;
   }
   if (!c->in_head) { /* the head spans receives: gather it */
-    char *h = px_buf_get(w->heads);
-    if (h == NULL) {
+    if (conn_gather(c) < 0) {
       buf_put(w, w->bufs, buf);
       return 503;
     }
-    memcpy(h, c->in + c->in_off, c->in_len);
-    buf_put(w, w->bufs, c->in);
-    c->in = h;
-    c->in_off = 0;
-    c->in_head = 1;
   } else if (c->in_off > 0) {
     memmove(c->in, c->in + c->in_off, c->in_len);
     c->in_off = 0;
@@ -409,7 +419,14 @@ static void on_recv(px_loop *loop, px_op *op) {
   }
   if (op->result == PX_ENOBUFS) {
     /* Every receive buffer is out: wait in line (each buffer that comes
-     * back wakes the next); with none out, none would come back. */
+     * back wakes the next); with none out, none would come back.  A
+     * connection waits without a receive buffer: its bytes so far go to
+     * its head buffer.  (The line has no deadline: were every buffer held
+     * by a connection in it, none would ever come back.) */
+    if (c->in != NULL && !c->in_head && conn_gather(c) < 0) {
+      respond_error(c, 503);
+      return;
+    }
     w->enobufs++;
     c->waiting = 1;
     c->next_wait = NULL;

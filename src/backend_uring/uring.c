@@ -633,6 +633,22 @@ static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op) {
   return true;
 }
 
+/* The kernel picks a buffer before it looks at the socket, so a receive
+ * woken by the end of the stream or an error (a reset) while the ring and
+ * the pool are empty fails with ENOBUFS too.  A peek tells them apart, as
+ * on the other backends: ENOBUFS stays only while data waits (or when
+ * there is no telling). */
+static int32_t px__pooled_enobufs(const px_op *op) {
+  char byte;
+  ssize_t n = recv((int)op->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0)
+    return 0;
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+      errno != ENOTSOCK)
+    return -errno;
+  return -ENOBUFS;
+}
+
 /* One CQE.  Only this function is long: it is the reaping loop's body. */
 static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
                     uint32_t flags) {
@@ -661,6 +677,8 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
     return;
   px__op_end(u, op);
   res = uo->res;
+  if (op->kind == PX__OP_RECV_POOLED && res == -ENOBUFS)
+    res = px__pooled_enobufs(op);
   if (res < 0) {
     bool stopped = res == -ECANCELED || res == -EINTR;
     res = uo->timer_fired && stopped ? PX_ETIMEDOUT : px__errno(-res);

@@ -179,6 +179,41 @@ void pooled_recv_gives_zero_at_the_end_of_the_stream(void **state) {
   finish(loop);
 }
 
+/* An empty pool hides neither the end of a stream nor a reset: receives
+ * that wait while every buffer is handed out complete with 0 at the
+ * peer's close and with PX_ECONNRESET at its reset, not with PX_ENOBUFS
+ * (a program waiting for a buffer would wait for a connection that has
+ * gone). */
+void pooled_recv_with_the_pool_empty_still_sees_the_end_and_a_reset(
+    void **state) {
+  px_loop *loop = new_loop();
+  px_bufpool *pool = pool_new(loop, 1, 64);
+  px_fd c[2], s[2];
+  px_op op[2] = {{0}};
+  prec r[2] = {{0}};
+  (void)state;
+  tcp_pair(loop, &c[0], &s[0]);
+  tcp_pair(loop, &c[1], &s[1]);
+  void *held = px_buf_get(pool);
+  assert_non_null(held);
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(px_recv_pooled(loop, &op[i], s[i], pool, prec_cb, &r[i]),
+                     0);
+  settle(loop);
+  assert_int_equal(r[0].calls + r[1].calls, 0); /* idle: no PX_ENOBUFS */
+  close_fd(loop, c[0]);
+  assert_int_equal(px_fd_close_reset(loop, c[1]), 0);
+  RUN_UNTIL(loop, r[0].calls == 1 && r[1].calls == 1, 5000);
+  assert_int_equal(r[0].result, 0);
+  assert_int_equal(r[1].result, PX_ECONNRESET);
+  assert_int_equal(px_buf_release(pool, held), 0);
+  assert_int_equal(pool_in_use(pool), 0);
+  close_fd(loop, s[0]);
+  close_fd(loop, s[1]);
+  assert_int_equal(px_bufpool_free(pool), 0);
+  finish(loop);
+}
+
 void pooled_recv_cancel_and_close_complete_it_with_ecanceled(void **state) {
   px_loop *loop = new_loop();
   px_bufpool *pool = pool_new(loop, 2, 64);

@@ -4,7 +4,7 @@
 Usage: http_server_test.py GROUP SERVER [--wrapper CMD]
 
 GROUP is one of: routes, pipelining, limits, deadlines, threads, conncap,
-wrk.  Each group starts the server with the options it needs on a free
+wrk, bufwait.  Each group starts the server with the options it needs on a free
 loopback port, runs its cases and stops the server with SIGTERM (checking
 that it exits cleanly).  Every wait has a deadline.  The exit status is 0
 when every case passed; each failure is printed.
@@ -12,6 +12,8 @@ when every case passed; each failure is printed.
 import os
 import random
 import re
+import resource
+import selectors
 import shutil
 import signal
 import socket
@@ -476,6 +478,99 @@ def group_conncap(exe, wrapper):
     check(srv.stop() == 0, "the server exits cleanly")
 
 
+# examples/http_server.c: receive buffers per thread (min(--max-conns, 4096)).
+RECV_BUFFERS = 4096
+
+
+def unread_server_sockets(port):
+    """(with no unread bytes, with some): the server's established
+    sockets on port, by their receive queue (/proc/net/tcp)."""
+    empty = full = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) != port or fields[3] != "01":
+                continue
+            if int(fields[4].split(":")[1], 16) == 0:
+                empty += 1
+            else:
+                full += 1
+    return empty, full
+
+
+def group_bufwait(exe, wrapper):
+    # More connections on one thread than it has receive buffers, each
+    # holding half a head in one, then sending the rest: the connections
+    # that find no buffer wait in line, and one that holds bytes must not
+    # keep its buffer while it waits, or every buffer is kept and the
+    # thread never serves anyone again (found by scripts/soak's harness).
+    n = 5000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < n + 256:
+        print(f"SKIP: needs {n + 256} open files, the hard limit is {hard}")
+        sys.exit(77)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 256), hard))
+    srv = Server(exe, wrapper, ["--threads", "1"])
+    fd_dir = f"/proc/{srv.p.pid}/fd"
+    base = len(os.listdir(fd_dir))
+    socks = []
+    try:
+        while len(socks) < n:  # batches within the listen backlog
+            batch = [connect(srv.port, 10)
+                     for _ in range(min(500, n - len(socks)))]
+            for s in batch:
+                s.sendall(b"GET / HTTP/1.1\r\nHo")
+            socks += batch
+            deadline = time.monotonic() + 10  # until the server has them
+            while (len(os.listdir(fd_dir)) < base + len(socks) and
+                   time.monotonic() < deadline):
+                time.sleep(0.01)
+        # The first halves are in before the rest comes (every buffer held).
+        deadline = time.monotonic() + 10
+        while (unread_server_sockets(srv.port)[0] < RECV_BUFFERS and
+               time.monotonic() < deadline):
+            time.sleep(0.01)
+        for s in socks:
+            s.sendall(b"st: x\r\n\r\n")
+        sel = selectors.DefaultSelector()
+        for s in socks:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        answered, left = 0, n
+        deadline = time.monotonic() + 20
+        while left and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.5):
+                try:
+                    data = key.fileobj.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                answered += data.startswith(b"HTTP/1.1 200")
+                sel.unregister(key.fileobj)
+                left -= 1
+        check(answered == n, f"{n} connections on one thread with "
+              f"{RECV_BUFFERS} receive buffers, each sending its head in "
+              f"two parts: all answered ({answered})")
+        try:
+            st, body, _ = exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x"
+                                   b"\r\nConnection: close\r\n\r\n")
+        except OSError as e:
+            st, body = repr(e), b""
+        check(st == 200 and body == b"hello",
+              f"a new client is answered (got {st})")
+    finally:
+        for s in socks:
+            s.close()
+        rc = srv.stop()
+    stats = [l for l in srv.lines if l.startswith("stats:")]
+    m = re.search(r"enobufs=(\d+)", stats[-1]) if stats else None
+    check(rc == 0 and m and int(m.group(1)) > 0,
+          f"clean exit; connections waited for a buffer "
+          f"({stats[-1] if stats else 'no stats'})")
+
+
 def group_wrk(exe, wrapper):
     srv = Server(exe, wrapper, [])
     r = subprocess.run(["wrk", "-t1", "-c100", "-d5s",
@@ -498,6 +593,7 @@ GROUPS = {
     "threads": group_threads,
     "conncap": group_conncap,
     "wrk": group_wrk,
+    "bufwait": group_bufwait,
 }
 
 WRAPPED = False
