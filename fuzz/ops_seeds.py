@@ -130,6 +130,14 @@ SEEDS = {
                                      i(SEND, 2, A, 8), i(RUN_DEFAULT)],
     'cancel_of_idle_and_of_itself': [i(CANCEL, 0, target=1),
                                      i(CANCEL, 1, target=1), i(RUN_DEFAULT)],
+    # Found by the fuzzer: with every buffer held, pooled receives on the
+    # file (single-shot, multishot) went to io_uring's worker threads.
+    'pooled_on_file_with_buffers_held': [i(POOLED, 0, A, o=1),
+                                         i(PEER_WRITE, 0, B, 200),
+                                         i(RUN_ONCE), i(RUN_ONCE),
+                                         i(POOLED, 1, FILE, o=0),
+                                         i(POOLED, 2, FILE, o=1),
+                                         i(RUN_DEFAULT)],
 }
 
 CONFIGS = {'small_ring_overflow': cfg(entries=8),

@@ -196,6 +196,15 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
   if (r < 0)
     return r;
   pool->ops++; /* until its last completion is popped */
+  if (!e->stream) {
+    /* A regular file: recv() answers ENOTSOCK.  Said here, on every
+     * backend: io_uring, with the pool's ring short, would first try a
+     * poll the file cannot do and end in a worker (EAGAIN, or EBADFD for
+     * multishot). */
+    px__heap_remove(loop, op);
+    px__ready_push(loop, op, PX_ENOTSOCK);
+    return 0;
+  }
   return px__route(loop, op, e);
 }
 

@@ -38,3 +38,44 @@ void stream_reads_and_writes_ignore_an_offset(void **state) {
   close_fd(loop, p[1]);
   finish(loop);
 }
+
+/* A pooled receive on a regular file completes with PX_ENOTSOCK, as recv()
+ * there does, whatever the pool holds.  (On io_uring, with the program
+ * holding buffers, the receive went first to a poll the file cannot do and
+ * then to a worker thread, and came back with EAGAIN, or with EBADFD when
+ * multishot: PX_EAGAIN and PX_EUNKNOWN.) */
+void pooled_recv_on_a_regular_file_completes_with_enotsock(void **state) {
+  px_loop *loop = new_loop();
+  px_bufpool *pool;
+  char path[256];
+  void *held[2];
+  (void)state;
+  px_fd fd = temp_file(loop, path, sizeof(path));
+  assert_int_equal(sync_write(loop, fd, "data", 4, 0), 4);
+  assert_int_equal(px_bufpool_new(loop, 2, 64, &pool), 0);
+  for (int round = 0; round < 6; round++) {
+    /* Holding none, one or both buffers; single-shot and multishot. */
+    int hold = round % 3;
+    unsigned flags = round < 3 ? 0 : PX_RECV_MULTISHOT;
+    px_op op = {0};
+    rec r = {0};
+    for (int i = 0; i < hold; i++)
+      assert_non_null(held[i] = px_buf_get(pool));
+    assert_int_equal(px_recv_pooled_ex(loop, &op, fd, pool, flags, rec_cb, &r),
+                     0);
+    RUN_UNTIL(loop, r.calls == 1, 5000);
+    if (r.result != PX_ENOTSOCK)
+      fail_msg("holding %d of 2 buffers, a %s pooled receive on a file gave "
+               "%d (%s)",
+               hold, flags ? "multishot" : "single-shot", r.result,
+               px_strerror(r.result));
+    assert_null(px_op_buf(&op));
+    for (int i = 0; i < hold; i++)
+      assert_int_equal(px_buf_release(pool, held[i]), 0);
+  }
+  settle(loop);
+  close_fd(loop, fd);
+  remove(path);
+  assert_int_equal(px_bufpool_free(pool), 0);
+  finish(loop);
+}
