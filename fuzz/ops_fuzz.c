@@ -126,7 +126,8 @@ typedef struct fz_slot {
   int64_t file_at; /* where a file op reads or writes */
   int stream;      /* the stream it reads or writes, or S_NONE */
   bool in_flight, deadline, multishot, at_cur, armed;
-  int chain; /* resubmissions left from the callback */
+  bool buffers_out; /* pooled: some buffer was out while it was in flight */
+  int chain;        /* resubmissions left from the callback */
   unsigned accepted, completed;
   px_iov iov[2];
   uint8_t buf[BUF];
@@ -268,8 +269,8 @@ static bool allowed_error(fz *z, fz_slot *s, int r) {
     case K_READ:
     case K_READV:
     case K_POOLED:
-      if (r == PX_ENOBUFS) /* only with buffers out or about to be */
-        return s->kind == K_POOLED && (z->nheld > 0 || z->pooled > 1);
+      if (r == PX_ENOBUFS) /* only if buffers were out meanwhile */
+        return s->kind == K_POOLED && s->buffers_out;
       if (s->h == H_PW)
         return r == PX_EBADF; /* reading a pipe's write end */
       return r == PX_ECONNRESET && st != NULL && st->writer_gone;
@@ -285,6 +286,14 @@ static bool allowed_error(fz *z, fz_slot *s, int r) {
     default:
       return false;
   }
+}
+
+/* Every pooled receive in flight may find the pool empty from now on (a
+ * buffer went out, or another receive may take one). */
+static void pool_taken(fz *z) {
+  for (int i = 0; i < NSLOT; i++)
+    if (z->slot[i].in_flight && z->slot[i].kind == K_POOLED)
+      z->slot[i].buffers_out = true;
 }
 
 /* Checks bytes a read got against its stream, and moves the stream on. */
@@ -330,6 +339,7 @@ static void check_data(fz *z, fz_slot *s, int r) {
       if (buf != NULL) {
         CHECK(z->nheld < (int)(sizeof(z->held) / sizeof(z->held[0])));
         z->held[z->nheld++] = buf;
+        pool_taken(z);
       }
       break;
     }
@@ -552,8 +562,11 @@ static int submit(fz *z, fz_slot *s) {
   s->armed = false;
   s->accepted++;
   z->accepted++;
-  if (s->kind == K_POOLED)
-    z->pooled++;
+  if (s->kind == K_POOLED) {
+    s->buffers_out = z->nheld > 0;
+    if (z->pooled++ > 0)
+      pool_taken(z);
+  }
   if (s->stream != S_NONE) {
     if (is_write(s->kind)) {
       z->s[s->stream].writes++;

@@ -130,6 +130,12 @@ SEEDS = {
                                      i(SEND, 2, A, 8), i(RUN_DEFAULT)],
     'cancel_of_idle_and_of_itself': [i(CANCEL, 0, target=1),
                                      i(CANCEL, 1, target=1), i(RUN_DEFAULT)],
+    # A multishot receive's end (PX_ENOBUFS) handed out by px_wait after
+    # the program released the buffers it had filled.
+    'multishot_end_seen_after_releases': [i(POOLED, 0, B, o=1),
+                                          i(PEER_WRITE, 0, A, 300), i(WAIT),
+                                          i(RELEASE), i(WAIT), i(RELEASE),
+                                          i(WAIT), i(WAIT)],
     # Found by the fuzzer: with every buffer held, pooled receives on the
     # file (single-shot, multishot) went to io_uring's worker threads.
     'pooled_on_file_with_buffers_held': [i(POOLED, 0, A, o=1),
