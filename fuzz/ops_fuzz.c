@@ -234,9 +234,12 @@ static void handle_closing(fz *z, int h) {
     z->s[x->rx].reader_gone = true;
 }
 
-static bool fd_in_use(fz *z, px_fd fd) {
-  for (int h = 0; h < NH; h++)
-    if (z->h[h].state != CLOSED && z->h[h].fd == fd)
+/* Whether handle h's number belongs to another handle now.  From the
+ * px_close call on, a closing handle's number may be handed out again
+ * (the close may already have run, before its callback). */
+static bool fd_reused(fz *z, int h) {
+  for (int j = 0; j < NH; j++)
+    if (j != h && z->h[j].state != CLOSED && z->h[j].fd == z->h[h].fd)
       return true;
   return false;
 }
@@ -458,8 +461,7 @@ static bool on_handle(int kind) {
  * per stream (its bytes depend on where the last one ended), and a PX_CUR
  * write to the file only alone (its position must be known). */
 static bool can_follow(fz *z, fz_slot *s) {
-  if (on_handle(s->kind) && z->h[s->h].state == CLOSED &&
-      fd_in_use(z, z->h[s->h].fd))
+  if (on_handle(s->kind) && z->h[s->h].state != OPEN && fd_reused(z, s->h))
     return false; /* its number is another handle's now */
   if (is_write(s->kind) && s->stream != S_NONE && z->s[s->stream].writes > 0)
     return false;
@@ -820,7 +822,7 @@ static void instr(fz *z) {
       break;
     case I_STALE: /* a closed handle is refused (unless its number is ours
                      again) */
-      if (x->state != OPEN && !fd_in_use(z, x->fd) && !s->in_flight)
+      if (x->state != OPEN && !fd_reused(z, h) && !s->in_flight)
         CHECK(px_recv(z->loop, &s->op, x->fd, s->buf, 1, fz_cb, s) == PX_EBADF);
       break;
     default:

@@ -136,6 +136,13 @@ SEEDS = {
                                           i(PEER_WRITE, 0, A, 300), i(WAIT),
                                           i(RELEASE), i(WAIT), i(RELEASE),
                                           i(WAIT), i(WAIT)],
+    # A handle's number handed out again while its px_close is pending
+    # (posix_aio closes at once): the new pipe may hold it.
+    'number_reused_while_closing': [i(CLOSE, 0, A), i(FD_CLOSE, 0, PW),
+                                    i(FD_CLOSE, 0, PR), i(REOPEN, 0, PR),
+                                    i(WRITEV, 1, A, 8), i(STALE, 2, A),
+                                    i(WRITE, 3, PW, 8), i(READ, 4, PR, 8),
+                                    i(RUN_DEFAULT)],
     # Found by the fuzzer: with every buffer held, pooled receives on the
     # file (single-shot, multishot) went to io_uring's worker threads.
     'pooled_on_file_with_buffers_held': [i(POOLED, 0, A, o=1),
