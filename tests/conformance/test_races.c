@@ -28,6 +28,9 @@ static int race_rounds;
 
 static void race_setup(void) {
   const char *env = getenv("PX_RACE_ROUNDS");
+  /* Thousands of rounds on a loaded machine (or under wine) may need more
+   * than the usual 30 s; a hung round still fails within its RUN_UNTIL. */
+  pt_hang_guard(120);
   long n = env != NULL ? strtol(env, NULL, 10) : 0;
   race_rounds = n > 0 && n <= 1000000 ? (int)n : 10000;
 }
