@@ -170,7 +170,7 @@ PX_API px_fd px_op_fd(const px_op *op);
 /* ---- Submission. ------------------------------------------------------- */
 
 /* Files: off is a byte offset, or PX_CUR for a stream / the current position.
- * Pipes and sockets take PX_CUR. */
+ * Pipes and sockets take PX_CUR (any other offset is ignored there). */
 PX_API int px_read(px_loop *loop, px_op *op, px_fd fd, void *buf, size_t len,
                    int64_t off, px_cb cb, void *data);
 PX_API int px_write(px_loop *loop, px_op *op, px_fd fd, const void *buf,

@@ -109,9 +109,10 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
     return PX_EINVAL;
   bool write =
       kind == PX__OP_WRITE || kind == PX__OP_WRITEV || kind == PX__OP_SEND;
-  /* Pipes and sockets are streams whatever offset is given (the kernel
-   * ignores it there); a regular file is one only at PX_CUR.  Writes to a
-   * stream other than send() may raise SIGPIPE. */
+  /* Pipes and sockets are streams whatever offset is given, and the offset
+   * is dropped (io_uring's positional calls refuse one there with ESPIPE,
+   * where read() and WriteFile ignore it); a regular file is a stream only
+   * at PX_CUR.  Writes to a stream other than send() may raise SIGPIPE. */
   bool stream = e->stream || off == PX_CUR;
   bool sigpipe = e->stream && (kind == PX__OP_WRITE || kind == PX__OP_WRITEV);
   uint16_t flags =
@@ -120,7 +121,7 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
   px__fill(op, kind, fd, cb, data);
   op->buf = buf;
   op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
-  op->off = off;
+  op->off = e->stream ? PX_CUR : off;
   r = px__accept(loop, op, flags);
   if (r < 0)
     return r;
@@ -195,6 +196,15 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
   if (r < 0)
     return r;
   pool->ops++; /* until its last completion is popped */
+  if (!e->stream) {
+    /* A regular file: recv() answers ENOTSOCK.  Said here, on every
+     * backend: io_uring, with the pool's ring short, would first try a
+     * poll the file cannot do and end in a worker (EAGAIN, or EBADFD for
+     * multishot). */
+    px__heap_remove(loop, op);
+    px__ready_push(loop, op, PX_ENOTSOCK);
+    return 0;
+  }
   return px__route(loop, op, e);
 }
 

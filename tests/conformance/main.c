@@ -5,11 +5,13 @@
 #define PX_TEST(name)                                                          \
   cmocka_unit_test_setup_teardown(name, test_setup, test_teardown),
 
-/* An argument runs only the tests whose names match it (CMocka's filter:
- * '*' and '?' are wildcards), e.g. conformance_uring 'smallest_queue_*'. */
+/* An argument, or else PX_TEST_FILTER, runs only the tests whose names
+ * match it (CMocka's filter: '*' and '?' are wildcards), e.g.
+ * conformance 'smallest_queue_*'. */
 int main(int argc, char **argv) {
-  if (argc > 1)
-    cmocka_set_test_filter(argv[1]);
+  const char *filter = argc > 1 ? argv[1] : getenv("PX_TEST_FILTER");
+  if (filter != NULL && filter[0] != '\0')
+    cmocka_set_test_filter(filter);
   const struct CMUnitTest tests[] = {
 #include "list.h"
   };
