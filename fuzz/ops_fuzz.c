@@ -880,7 +880,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* The first byte: a small ring (its overflow path) or a large one, and
    * the pool's size. */
   uint8_t cfg = next(&z);
-  px_loop_opts opts = {(uint32_t[]){8, 16, 64, 256}[cfg & 3], 0};
+  px_loop_opts opts = {.entries = (uint32_t[]){8, 16, 64, 256}[cfg & 3]};
   z.pool_count = 1 + (cfg >> 2) % 4;
   if (px_loop_new(&z.loop, &opts) != 0)
     abort();

@@ -20,10 +20,9 @@
 
 #include "conf.h"
 
-/* Rounds per race: 10,000, or PX_RACE_ROUNDS where tests/meson.build sets
- * it (the Windows build, which runs under wine at a tenth of the speed:
- * there each round costs several trips to the wine server).  Every test
- * prints the count it ran. */
+/* Rounds per race: 10,000 on every backend (under wine too, where each
+ * round costs several trips to the wine server), or PX_RACE_ROUNDS for a
+ * longer or shorter run by hand.  Every test prints the count it ran. */
 static int race_rounds;
 
 static void race_setup(void) {
