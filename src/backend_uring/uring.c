@@ -518,8 +518,6 @@ static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
   px__uop_of(op)->stop = 0;
   if (op->kind == PX__OP_RECV_POOLED) {
-    if (!u->multishot)
-      op->flags &= (uint16_t)~PX__F_MULTI; /* one delivery, as promised */
     int r = px__ubr_attach(u, op->buf);
     if (r < 0)
       return r;

@@ -179,9 +179,10 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
     return PX_EINVAL;
   if ((flags & PX_RECV_MULTISHOT) && (op->flags & PX__F_DL_SET))
     return PX_EINVAL; /* on every backend, multishot or not */
-  /* Where the backend has no multishot, each submission delivers once. */
+  /* Where the loop has no multishot (the backend, or this kernel), each
+   * submission delivers once. */
   bool multi =
-      (flags & PX_RECV_MULTISHOT) && (PX__BK(loop)->caps & PX_CAP_MULTISHOT);
+      (flags & PX_RECV_MULTISHOT) && (px_loop_caps(loop) & PX_CAP_MULTISHOT);
   px__fdent *e = px__check_fd(loop, fd);
   if (e == NULL)
     return PX_EBADF;
