@@ -679,27 +679,6 @@ static bool px__read_cached(px__pa *pa, px__pfd *f, px_op *op, int64_t off) {
 #endif
 
 int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
-#ifdef PX__NOWAIT_READS
-  if (op->kind == PX__OP_READ || op->kind == PX__OP_READV) {
-    px__pfd *f = px__pa_fd_make(loop, pa, (int)op->fd);
-    if (f == NULL)
-      return PX_ENOMEM;
-    int64_t off = op->off;
-    if (off == PX_CUR) {
-      off_t pos = lseek((int)op->fd, 0, SEEK_CUR);
-      off = pos < 0 ? -1 : (int64_t)pos;
-    }
-    if (off >= 0 && px__nowait_ok(f, (int)op->fd) &&
-        px__read_cached(pa, f, op, off))
-      return 0;
-  }
-#endif
-  if (pa->aio == NULL) {
-    int r = px__aio_make(pa);
-    if (r < 0)
-      return r;
-  }
-  px__aio *a = pa->aio;
   px__pfd *f = px__pa_fd_make(loop, pa, (int)op->fd); /* holds the lanes */
   if (f == NULL)
     return PX_ENOMEM;
@@ -710,6 +689,18 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
       return px__errno(errno);
     po->pos = pos;
   }
+#ifdef PX__NOWAIT_READS
+  if ((op->kind == PX__OP_READ || op->kind == PX__OP_READV) &&
+      px__nowait_ok(f, (int)op->fd) &&
+      px__read_cached(pa, f, op, op->off == PX_CUR ? po->pos : op->off))
+    return 0;
+#endif
+  if (pa->aio == NULL) {
+    int r = px__aio_make(pa);
+    if (r < 0)
+      return r;
+  }
+  px__aio *a = pa->aio;
   po->datasync = (op->flags & PX__F_DATASYNC) != 0;
   po->where = PX__W_AIO;
   if ((f->lanes != NULL && f->lanes->wait.head != NULL) ||
