@@ -165,8 +165,7 @@ struct px_loop {
   size_t nfds;    /* entries in use (zeroed or known) */
   size_t fds_cap; /* entries allocated */
 
-  uint64_t drained; /* posts taken off the stack */
-  bool woken;       /* a wakeup arrived this iteration */
+  bool woken; /* a wakeup arrived this iteration */
 
   px_bufpool *pools;      /* made for this loop, not freed yet */
   px_acceptor *acceptors; /* started on this loop, not ended yet */
@@ -182,11 +181,11 @@ struct px_loop {
    * with the loop's own writes, each post moved the line between the cores
    * (measured: 5 locked operations per post all stalling). */
   char pad0_[64];
-  _Atomic(px_op *) post_head; /* Treiber stack, newest first */
+  /* Treiber stack of posts, newest first; PX__POSTS_SHUT once the loop is
+   * being freed (px_post refuses from then on). */
+  _Atomic(px_op *) post_head;
   char pad1_[64];
-  atomic_uint_fast64_t posted; /* posts pushed (posting threads write) */
-  atomic_int posting; /* px_post calls between their check and wakeup */
-  atomic_bool shut;   /* closing, as other threads see it (px_post) */
+  atomic_int posting; /* px_post calls that may still wake the loop */
   char pad2_[64];
   atomic_int wake_pending; /* a wakeup is on its way */
   char pad3_[64];

@@ -313,29 +313,78 @@ static int64_t px__poll_timeout(px_loop *loop, int64_t limit) {
   return limit;
 }
 
-/* ---- Posts and wakeups. ------------------------------------------------ */
+/* ---- Posts and wakeups. ------------------------------------------------
+ *
+ * Posts go onto a Treiber stack (newest first) that the loop takes whole
+ * with one exchange.  The common post costs one compare-and-swap: pushing
+ * onto a stack that is not empty needs no wakeup, because the post that
+ * made it non-empty owes one, and the loop takes everything above it in the
+ * same exchange.  A post that finds the stack empty is that post: it
+ * announces itself in `posting` before it looks (px_loop_free waits for
+ * announced posts before it tears the backend down), pushes, and wakes the
+ * loop.  A push onto a non-empty stack touches the loop for the last time
+ * in its compare-and-swap, so it needs no announcement.
+ *
+ * px_loop_free swaps the stack for PX__POSTS_SHUT: every later push fails
+ * its compare-and-swap or sees the mark, and is refused.  The same holds
+ * for a post that starts after the free returned (memory the program must
+ * not touch; unit_post_free_race keeps it readable to race the free to its
+ * end).
+ */
+#define PX__POSTS_SHUT ((px_op *)(uintptr_t)1)
+
+/* Takes the posts off the stack (leaving `with` there) and puts them on
+ * the ready list, oldest first, in one pass: the stack is newest first, so
+ * reversing it gives the list. */
+static void px__posts_take(px_loop *loop, px_op *with) {
+  px_op *list = atomic_exchange(&loop->post_head, with);
+  if (list == NULL || list == PX__POSTS_SHUT)
+    return;
+  int32_t result = loop->closing ? PX_ECANCELED : 0;
+  px_op *fifo = NULL, *last = list;
+  uint64_t n = 0;
+  while (list != NULL) {
+    px_op *next = list->next;
+    list->result = result;
+    list->state = PX__READY;
+    list->next = fifo;
+    fifo = list;
+    list = next;
+    n++;
+  }
+  loop->stats.submitted += n;
+  if (loop->ready.tail != NULL)
+    loop->ready.tail->next = fifo;
+  else
+    loop->ready.head = fifo;
+  loop->ready.tail = last;
+}
 
 static void px__posts_drain(px_loop *loop) {
-  if (atomic_load_explicit(&loop->post_head, memory_order_relaxed) == NULL)
+  px_op *head = atomic_load_explicit(&loop->post_head, memory_order_relaxed);
+  if (head == NULL || head == PX__POSTS_SHUT)
     return;
   /* Sequentially consistent, as the wakeup's ack before it and px_post's
    * push and check: px_loop_wakeup may then skip a wakeup already on its
    * way (see there). */
-  px_op *list = atomic_exchange(&loop->post_head, NULL);
-  px_op *fifo = NULL; /* the stack is newest first: reverse it */
-  while (list != NULL) {
-    px_op *next = list->next;
-    list->next = fifo;
-    fifo = list;
-    list = next;
-  }
-  while (fifo != NULL) {
-    px_op *next = fifo->next;
-    loop->drained++;
-    loop->stats.submitted++;
-    px__ready_push(loop, fifo, loop->closing ? PX_ECANCELED : 0);
-    fifo = next;
-  }
+  px__posts_take(loop, NULL);
+}
+
+/* The post that finds the stack empty: announced, it pushes and wakes. */
+static int px__post_first(px_loop *loop, px_op *op) {
+  atomic_fetch_add(&loop->posting, 1);
+  px_op *head = atomic_load(&loop->post_head);
+  do {
+    if (head == PX__POSTS_SHUT) {
+      atomic_fetch_sub(&loop->posting, 1);
+      return PX_ESHUTDOWN;
+    }
+    op->next = head;
+  } while (!atomic_compare_exchange_weak(&loop->post_head, &head, op));
+  if (head == NULL)
+    px_loop_wakeup(loop);
+  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
+  return 0;
 }
 
 int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
@@ -345,27 +394,32 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
     return PX_EBUSY;
   if (op->flags & PX__F_DL_SET)
     return PX_EINVAL; /* deadlines belong to ops on a handle */
-  /* Announced before the check: px_loop_free sets shut, then waits until
-   * no post is between its check and its wakeup, so the loop outlives
-   * every post it did not refuse (both sides sequentially consistent). */
-  atomic_fetch_add(&loop->posting, 1);
-  if (atomic_load(&loop->shut)) {
-    atomic_fetch_sub(&loop->posting, 1);
-    return PX_ESHUTDOWN;
-  }
   op->cb = cb;
   op->data = data;
   op->kind = PX__OP_POST;
-  op->state = PX__POSTED;
   op->flags = 0;
-  atomic_fetch_add_explicit(&loop->posted, 1, memory_order_relaxed);
+  op->state = PX__POSTED;
+  int r = 0;
   px_op *head = atomic_load_explicit(&loop->post_head, memory_order_relaxed);
-  do {
+  for (;;) {
+    if (head == NULL) {
+      r = px__post_first(loop, op);
+      break;
+    }
+    if (head == PX__POSTS_SHUT) {
+      r = PX_ESHUTDOWN;
+      break;
+    }
     op->next = head;
-  } while (!atomic_compare_exchange_weak(&loop->post_head, &head, op));
-  px_loop_wakeup(loop);
-  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
-  return 0;
+    /* Release: the loop's exchange sees the op's fields. */
+    if (atomic_compare_exchange_weak_explicit(&loop->post_head, &head, op,
+                                              memory_order_release,
+                                              memory_order_relaxed))
+      return 0;
+  }
+  if (r < 0)
+    op->state = PX__IDLE;
+  return r;
 }
 
 /* A wakeup already on its way (not acknowledged yet) covers this one: a
@@ -386,9 +440,20 @@ void px__wake_ack(px_loop *loop) {
   loop->woken = true;
 }
 
-static bool px__posts_in_transit(px_loop *loop) {
-  return atomic_load_explicit(&loop->posted, memory_order_acquire) !=
-         loop->drained;
+/* Posts pushed and not taken yet (the loop thread: only it takes them, so
+ * the ops below the head stay put while it counts). */
+static uint64_t px__posts_in_transit(const px_loop *loop) {
+  uint64_t n = 0;
+  px_op *op =
+      atomic_load_explicit(&((px_loop *)loop)->post_head, memory_order_acquire);
+  for (; op != NULL && op != PX__POSTS_SHUT; op = op->next)
+    n++;
+  return n;
+}
+
+static bool px__posts_waiting(px_loop *loop) {
+  px_op *head = atomic_load_explicit(&loop->post_head, memory_order_acquire);
+  return head != NULL && head != PX__POSTS_SHUT;
 }
 
 /* ---- One iteration. ---------------------------------------------------- */
@@ -404,7 +469,7 @@ static int px__iterate(px_loop *loop, int64_t limit) {
 
 static bool px__alive(px_loop *loop) {
   return loop->stats.submitted != loop->stats.completed ||
-         px__posts_in_transit(loop);
+         px__posts_waiting(loop);
 }
 
 uint64_t px__thread_id(void) {
@@ -533,9 +598,7 @@ int px_loop_new(px_loop **out, const px_loop_opts *opts) {
   if (loop == NULL)
     return PX_ENOMEM;
   atomic_init(&loop->post_head, NULL);
-  atomic_init(&loop->posted, 0);
   atomic_init(&loop->wake_pending, 0);
-  atomic_init(&loop->shut, false);
   atomic_init(&loop->posting, 0);
   loop->now = px__now_ns();
   int r = px__backend_init(loop, opts);
@@ -575,20 +638,15 @@ int px_loop_free(px_loop *loop) {
   if (loop->depth > 0 || (px__owned_elsewhere(loop, false) && px__alive(loop)))
     return PX_EBUSY;
   loop->closing = true;
-  atomic_store(&loop->shut, true);
-  /* Posts that passed their check finish pushing before the drains below:
-   * one pushed after the last drain would never be called back. */
-  px__posts_wait(loop);
   loop->stop = false;
-  px__posts_drain(loop);
+  /* From here on every post is refused; those already pushed complete. */
+  px__posts_take(loop, PX__POSTS_SHUT);
   px__acceptors_stop(loop);
   px__cancel_core_ops(loop);
   PX__BK(loop)->cancel_all(loop);
   px__dispatch(loop);
   while (px__alive(loop)) {
-    /* Posts racing with the free are drained without a long sleep. */
-    int64_t limit = px__posts_in_transit(loop) ? 1000000 : 100000000;
-    int r = px__iterate(loop, limit);
+    int r = px__iterate(loop, 100000000);
     px__dispatch(loop);
     /* Ops the kernel still holds cannot be let go: report the failure and
      * keep the loop; a later px_loop_free finishes the job. */
@@ -598,7 +656,7 @@ int px_loop_free(px_loop *loop) {
   if (PX__BK(loop)->run_end != NULL)
     PX__BK(loop)->run_end(loop);
   px__pools_detach(loop); /* pools outlive it, without its backend */
-  /* A post refused since may still be leaving px_post. */
+  /* A post that pushed before the shut may still be waking the loop. */
   px__posts_wait(loop);
   PX__BK(loop)->destroy(loop);
   px__heap_free(loop);
@@ -622,10 +680,7 @@ void px_loop_stats(const px_loop *loop, px_stats *out) {
   if (loop == NULL || out == NULL)
     return;
   *out = loop->stats;
-  uint64_t transit =
-      atomic_load_explicit(&((px_loop *)loop)->posted, memory_order_acquire) -
-      loop->drained;
-  out->submitted += transit;
+  out->submitted += px__posts_in_transit(loop);
   /* Derived, not kept: accepted and not yet completed. */
   out->in_flight = out->submitted - out->completed;
 }

@@ -55,6 +55,10 @@ uint64_t pt_now_us(void) {
 void pt_sleep_ms(unsigned ms) {
   Sleep(ms);
 }
+
+void pt_yield(void) {
+  SwitchToThread();
+}
 #else
 uint64_t pt_now_us(void) {
   struct timespec ts;
@@ -66,6 +70,10 @@ void pt_sleep_ms(unsigned ms) {
   struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0)
     ;
+}
+
+void pt_yield(void) {
+  sched_yield();
 }
 #endif
 

@@ -18,6 +18,8 @@ uint64_t pt_now_us(void);
 
 /* Pacing for helper threads only (never used to wait for a result). */
 void pt_sleep_ms(unsigned ms);
+/* Gives the processor to another thread (a helper thread's busy wait). */
+void pt_yield(void);
 
 typedef struct pt_thread pt_thread;
 typedef void (*pt_thread_fn)(void *arg);

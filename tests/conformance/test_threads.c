@@ -272,6 +272,87 @@ void posts_from_four_threads_are_each_delivered_once_in_order(void **state) {
   finish(loop);
 }
 
+/* One post at a time, each sent only once the previous one was delivered,
+ * while a long timer keeps the loop waiting in the kernel between posts:
+ * every post finds no other post waiting and, most of the time, the loop
+ * asleep: the case where the post itself must wake the loop (a lost wakeup
+ * leaves the loop asleep until the test's deadline).  One posting thread:
+ * it busy-waits, and with two of them on two cores the loop's thread would
+ * wait for a time slice per post. */
+enum { PINGERS = 1, PINGS = 5000 };
+
+typedef struct pinger {
+  px_loop *loop;
+  px_op op;
+  atomic_int delivered;
+  atomic_int failed; /* px_post errors, or a wait for delivery ran out */
+  int bad;           /* deliveries with a result other than 0 */
+} pinger;
+
+static atomic_int g_pings_left;
+
+static void ping_cb(px_loop *loop, px_op *op) {
+  pinger *p = op->data;
+  (void)loop;
+  p->bad += op->result != 0;
+  atomic_fetch_add(&p->delivered, 1);
+  atomic_fetch_sub(&g_pings_left, 1);
+}
+
+static void ping_main(void *arg) {
+  pinger *p = arg;
+  uint64_t deadline = pt_now_ms() + 20000;
+  for (int i = 0; i < PINGS; i++) {
+    if (px_post(p->loop, &p->op, ping_cb, p) != 0) {
+      atomic_store(&p->failed, 1);
+      return;
+    }
+    while (atomic_load(&p->delivered) != i + 1) {
+      if (pt_now_ms() > deadline) {
+        atomic_store(&p->failed, 1);
+        return;
+      }
+      pt_yield();
+    }
+  }
+}
+
+void posts_one_at_a_time_each_wake_the_loop(void **state) {
+  px_loop *loop = new_loop();
+  pinger p[PINGERS];
+  pt_thread *th[PINGERS];
+  px_op keep = {0}, cancel = {0};
+  rec kr = {0}, cr = {0};
+  px_stats s;
+  (void)state;
+  assert_int_equal(px_timeout(loop, &keep, 600000, rec_cb, &kr), 0);
+  atomic_init(&g_pings_left, PINGERS * PINGS);
+  for (int t = 0; t < PINGERS; t++) {
+    memset(&p[t].op, 0, sizeof(p[t].op));
+    p[t].loop = loop;
+    p[t].bad = 0;
+    atomic_init(&p[t].delivered, 0);
+    atomic_init(&p[t].failed, 0);
+  }
+  for (int t = 0; t < PINGERS; t++)
+    assert_int_equal(pt_thread_start(&th[t], ping_main, &p[t]), 0);
+  RUN_UNTIL(loop, atomic_load(&g_pings_left) == 0, 20000);
+  for (int t = 0; t < PINGERS; t++)
+    pt_thread_join(th[t]);
+  for (int t = 0; t < PINGERS; t++) {
+    assert_int_equal(atomic_load(&p[t].failed), 0);
+    assert_int_equal(atomic_load(&p[t].delivered), PINGS);
+    assert_int_equal(p[t].bad, 0);
+  }
+  px_loop_stats(loop, &s);
+  assert_int_equal(s.submitted, PINGERS * PINGS + 1);
+  assert_int_equal(s.completed, PINGERS * PINGS);
+  assert_int_equal(px_cancel(loop, &cancel, &keep, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, kr.calls == 1 && cr.calls == 1, 5000);
+  assert_int_equal(kr.result, PX_ECANCELED);
+  finish(loop);
+}
+
 /* ---- Loops and threads. ------------------------------------------------- */
 
 typedef struct worker {
