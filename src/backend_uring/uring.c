@@ -428,36 +428,47 @@ static PX__INLINE void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
 }
 
 /*
- * The next free SQE, or NULL.  liburing's io_uring_get_sqe, less its tests
- * of IORING_SETUP_SQE128 and IORING_SETUP_SQPOLL: px sets neither flag
- * (px__ring_init), so the kernel moves the SQ head only inside
- * io_uring_enter, on this thread, and a plain read of it is enough.  Every
- * op takes this path.
+ * Free SQEs, and the next one taken: liburing's io_uring_sq_space_left and
+ * io_uring_get_sqe, less their tests of IORING_SETUP_SQE128 and
+ * IORING_SETUP_SQPOLL.  px sets neither flag (px__ring_init), so the
+ * kernel moves the SQ head only inside io_uring_enter, on this thread, and
+ * a plain read of it is enough.  Every op takes this path.
  */
-static PX__INLINE struct io_uring_sqe *px__sqe_get(px__uring *u) {
+static PX__INLINE unsigned px__sq_space(const px__uring *u) {
+  const struct io_uring_sq *sq = &u->ring.sq;
+  return sq->ring_entries - (sq->sqe_tail - IO_URING_READ_ONCE(*sq->khead));
+}
+
+/* The next SQE, which px__sq_space said is free. */
+static PX__INLINE struct io_uring_sqe *px__sqe_take(px__uring *u) {
   struct io_uring_sq *sq = &u->ring.sq;
   unsigned tail = sq->sqe_tail;
-  if (tail + 1 - IO_URING_READ_ONCE(*sq->khead) > sq->ring_entries)
-    return NULL;
   sq->sqe_tail = tail + 1;
   return &sq->sqes[tail & sq->ring_mask];
 }
 
-/* px__prep for an op with a deadline: the op and its linked timeout. */
-static PX__NOINLINE bool px__prep_linked(px__uring *u, px_op *op) {
-  if (io_uring_sq_space_left(&u->ring) < 2u)
-    return false; /* the op and its timer go in together or not at all */
-  struct io_uring_sqe *sqe = px__sqe_get(u);
+/* Fills sqe with op (its only SQE, or the first of a linked pair). */
+static PX__INLINE void px__prep_sqe(struct io_uring_sqe *sqe, px_op *op,
+                                    uint8_t cqes) {
   px__uop *uo = px__uop_of(op);
   px__prep_kind(sqe, op);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
-  sqe->flags |= IOSQE_IO_LINK;
-  uo->cqes = 2;
+  uo->cqes = cqes;
   uo->bid = 0;
   uo->timer_fired = 0;
+}
+
+/* px__prep for an op with a deadline: the op and its linked timeout. */
+static PX__NOINLINE bool px__prep_linked(px__uring *u, px_op *op) {
+  if (px__sq_space(u) < 2u)
+    return false; /* the op and its timer go in together or not at all */
+  struct io_uring_sqe *sqe = px__sqe_take(u);
+  px__prep_sqe(sqe, op, 2);
+  sqe->flags |= IOSQE_IO_LINK;
+  px__uop *uo = px__uop_of(op);
   uo->ts.tv_sec = op->when / 1000000000;
   uo->ts.tv_nsec = op->when % 1000000000;
-  struct io_uring_sqe *t = px__sqe_get(u);
+  struct io_uring_sqe *t = px__sqe_take(u);
   io_uring_prep_link_timeout(t, &uo->ts, IORING_TIMEOUT_ABS);
   io_uring_sqe_set_data64(t, (uint64_t)(uintptr_t)op | PX__UD_TIMER);
   return true;
@@ -467,15 +478,9 @@ static PX__NOINLINE bool px__prep_linked(px__uring *u, px_op *op) {
 static PX__INLINE bool px__prep(px__uring *u, px_op *op) {
   if (op->flags & PX__F_DEADLINE)
     return px__prep_linked(u, op);
-  struct io_uring_sqe *sqe = px__sqe_get(u);
-  if (sqe == NULL)
+  if (px__sq_space(u) == 0)
     return false;
-  px__uop *uo = px__uop_of(op);
-  px__prep_kind(sqe, op);
-  io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
-  uo->cqes = 1;
-  uo->bid = 0;
-  uo->timer_fired = 0;
+  px__prep_sqe(px__sqe_take(u), op, 1);
   return true;
 }
 
@@ -549,9 +554,8 @@ static PX__NOINLINE int px__pooled_start(px__uring *u, px_op *op) {
   return 0;
 }
 
-static int px__uring_submit(px_loop *loop, px_op *op) {
-  px__uring *u = px__u(loop);
-  px__uop_of(op)->stop = 0;
+/* px__uring_submit's every case. */
+static PX__NOINLINE int px__submit_slow(px__uring *u, px_op *op) {
   if (op->kind == PX__OP_RECV_POOLED) {
     int r = px__pooled_start(u, op);
     if (r < 0)
@@ -560,6 +564,19 @@ static int px__uring_submit(px_loop *loop, px_op *op) {
   u->stream_writes += px__may_sigpipe(op);
   if (u->ovf.head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
+  return 0;
+}
+
+/* The common case inline: one SQE, free, nothing waiting before it, and
+ * no buffer ring or SIGPIPE count to keep. */
+static int px__uring_submit(px_loop *loop, px_op *op) {
+  px__uring *u = px__u(loop);
+  px__uop_of(op)->stop = 0;
+  if ((op->flags & (PX__F_DEADLINE | PX__F_SIGPIPE)) ||
+      op->kind == PX__OP_RECV_POOLED || u->ovf.head != NULL ||
+      px__sq_space(u) == 0)
+    return px__submit_slow(u, op);
+  px__prep_sqe(px__sqe_take(u), op, 1);
   return 0;
 }
 
@@ -737,19 +754,19 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
   px__complete(loop, op, res);
 }
 
-/* One CQE.  The common case first: an op's own CQE, its last one (no
- * linked timeout still to come), a success, of a kind whose result needs
- * no translation.  It ends like px__cqe_slow would: the kernel is done
- * with the op (px__op_end, less the pooled part) and it completes. */
+/* One CQE.  The common case first: an op's own CQE and its only one (no
+ * deadline, so no linked timeout), a success, of a kind whose result needs
+ * no translation (not pooled, not an accept), no SIGPIPE count to drop,
+ * a plain completion for the core.  It ends as px__cqe_slow would: the
+ * kernel is done with the op (px__op_end has nothing to do) and it
+ * completes. */
 static inline void px__cqe(px_loop *loop, px__uring *u, uint64_t ud,
                            int32_t res, uint32_t flags) {
   px_op *op = (px_op *)(uintptr_t)ud;
   if ((ud & PX__UD_TAGS) == PX__UD_OP && res >= 0 &&
-      op->kind != PX__OP_RECV_POOLED && op->kind != PX__OP_ACCEPT &&
-      px__uop_of(op)->cqes == 1) {
-    px__uop_of(op)->cqes = 0;
-    u->stream_writes -= px__may_sigpipe(op);
-    px__complete_fast(loop, op, res);
+      !(op->flags & (PX__F_DEADLINE | PX__F_SIGPIPE)) &&
+      op->kind != PX__OP_RECV_POOLED && px__is_plain(op)) {
+    px__complete_plain(loop, op, res);
     return;
   }
   px__cqe_slow(loop, u, ud, res, flags);

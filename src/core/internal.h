@@ -273,16 +273,18 @@ static inline bool px__start(px_loop *loop, px_op *op, px__fdent *e) {
  * move on. */
 void px__handle_done(px_loop *loop, px_op *op);
 
-/* px__complete (backend.h) with its common case inline, for a backend's
- * reaping loop: an op with no deadline in the heap, not multishot, not an
- * accept (which registers its new handle) goes straight to the ready list;
- * every other case takes px__complete itself. */
-static inline void px__complete_fast(px_loop *loop, px_op *op, int32_t result) {
-  if ((op->flags & (PX__F_MULTI | PX__F_TIMEDOUT)) || op->heap != 0 ||
-      op->kind == PX__OP_ACCEPT) {
-    px__complete(loop, op, result);
-    return;
-  }
+/* op's completion is plain: no deadline in the heap, not multishot, not
+ * timed out, not an accept (which registers its new handle).  Then
+ * px__complete (backend.h) comes down to px__complete_plain. */
+static inline bool px__is_plain(const px_op *op) {
+  return !(op->flags & (PX__F_MULTI | PX__F_TIMEDOUT)) && op->heap == 0 &&
+         op->kind != PX__OP_ACCEPT;
+}
+
+/* px__complete for an op px__is_plain says is plain, inline for a
+ * backend's reaping loop: straight to the ready list. */
+static inline void px__complete_plain(px_loop *loop, px_op *op,
+                                      int32_t result) {
   px__ready_push(loop, op, result);
   if (px__kind_has_fd(op->kind))
     px__handle_done(loop, op);
