@@ -367,7 +367,7 @@ static uint64_t px__off(const px_op *op) {
   return op->off == PX_CUR ? (uint64_t)-1 : (uint64_t)op->off;
 }
 
-static void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
+static PX__INLINE void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
   int fd = (int)op->fd;
   switch (op->kind) {
     case PX__OP_READ:
@@ -427,29 +427,60 @@ static void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
   }
 }
 
-/* Fills the SQE(s) of op; false when the SQ has no room for them. */
-static bool px__prep(px__uring *u, px_op *op) {
-  bool deadline = op->flags & PX__F_DEADLINE;
-  if (deadline && io_uring_sq_space_left(&u->ring) < 2u)
-    return false; /* the op and its timer go in together or not at all */
-  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-  if (sqe == NULL)
-    return false;
+/*
+ * Free SQEs, and the next one taken: liburing's io_uring_sq_space_left and
+ * io_uring_get_sqe, less their tests of IORING_SETUP_SQE128 and
+ * IORING_SETUP_SQPOLL.  px sets neither flag (px__ring_init), so the
+ * kernel moves the SQ head only inside io_uring_enter, on this thread, and
+ * a plain read of it is enough.  Every op takes this path.
+ */
+static PX__INLINE unsigned px__sq_space(const px__uring *u) {
+  const struct io_uring_sq *sq = &u->ring.sq;
+  return sq->ring_entries - (sq->sqe_tail - IO_URING_READ_ONCE(*sq->khead));
+}
+
+/* The next SQE, which px__sq_space said is free. */
+static PX__INLINE struct io_uring_sqe *px__sqe_take(px__uring *u) {
+  struct io_uring_sq *sq = &u->ring.sq;
+  unsigned tail = sq->sqe_tail;
+  sq->sqe_tail = tail + 1;
+  return &sq->sqes[tail & sq->ring_mask];
+}
+
+/* Fills sqe with op (its only SQE, or the first of a linked pair). */
+static PX__INLINE void px__prep_sqe(struct io_uring_sqe *sqe, px_op *op,
+                                    uint8_t cqes) {
   px__uop *uo = px__uop_of(op);
   px__prep_kind(sqe, op);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
-  uo->cqes = 1;
+  uo->cqes = cqes;
   uo->bid = 0;
   uo->timer_fired = 0;
-  if (deadline) {
-    sqe->flags |= IOSQE_IO_LINK;
-    uo->ts.tv_sec = op->when / 1000000000;
-    uo->ts.tv_nsec = op->when % 1000000000;
-    struct io_uring_sqe *t = io_uring_get_sqe(&u->ring);
-    io_uring_prep_link_timeout(t, &uo->ts, IORING_TIMEOUT_ABS);
-    io_uring_sqe_set_data64(t, (uint64_t)(uintptr_t)op | PX__UD_TIMER);
-    uo->cqes = 2;
-  }
+}
+
+/* px__prep for an op with a deadline: the op and its linked timeout. */
+static PX__NOINLINE bool px__prep_linked(px__uring *u, px_op *op) {
+  if (px__sq_space(u) < 2u)
+    return false; /* the op and its timer go in together or not at all */
+  struct io_uring_sqe *sqe = px__sqe_take(u);
+  px__prep_sqe(sqe, op, 2);
+  sqe->flags |= IOSQE_IO_LINK;
+  px__uop *uo = px__uop_of(op);
+  uo->ts.tv_sec = op->when / 1000000000;
+  uo->ts.tv_nsec = op->when % 1000000000;
+  struct io_uring_sqe *t = px__sqe_take(u);
+  io_uring_prep_link_timeout(t, &uo->ts, IORING_TIMEOUT_ABS);
+  io_uring_sqe_set_data64(t, (uint64_t)(uintptr_t)op | PX__UD_TIMER);
+  return true;
+}
+
+/* Fills the SQE(s) of op; false when the SQ has no room for them. */
+static PX__INLINE bool px__prep(px__uring *u, px_op *op) {
+  if (op->flags & PX__F_DEADLINE)
+    return px__prep_linked(u, op);
+  if (px__sq_space(u) == 0)
+    return false;
+  px__prep_sqe(px__sqe_take(u), op, 1);
   return true;
 }
 
@@ -514,18 +545,38 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
 
 /* ---- The backend contract. --------------------------------------------- */
 
-static int px__uring_submit(px_loop *loop, px_op *op) {
-  px__uring *u = px__u(loop);
-  px__uop_of(op)->stop = 0;
+/* A pooled receive is about to start: its pool's buffer ring. */
+static PX__NOINLINE int px__pooled_start(px__uring *u, px_op *op) {
+  int r = px__ubr_attach(u, op->buf);
+  if (r < 0)
+    return r;
+  px__ubr_count(op, +1);
+  return 0;
+}
+
+/* px__uring_submit's every case. */
+static PX__NOINLINE int px__submit_slow(px__uring *u, px_op *op) {
   if (op->kind == PX__OP_RECV_POOLED) {
-    int r = px__ubr_attach(u, op->buf);
+    int r = px__pooled_start(u, op);
     if (r < 0)
       return r;
-    px__ubr_count(op, +1);
   }
   u->stream_writes += px__may_sigpipe(op);
   if (u->ovf.head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
+  return 0;
+}
+
+/* The common case inline: one SQE, free, nothing waiting before it, and
+ * no buffer ring or SIGPIPE count to keep. */
+static int px__uring_submit(px_loop *loop, px_op *op) {
+  px__uring *u = px__u(loop);
+  px__uop_of(op)->stop = 0;
+  if ((op->flags & (PX__F_DEADLINE | PX__F_SIGPIPE)) ||
+      op->kind == PX__OP_RECV_POOLED || u->ovf.head != NULL ||
+      px__sq_space(u) == 0)
+    return px__submit_slow(u, op);
+  px__prep_sqe(px__sqe_take(u), op, 1);
   return 0;
 }
 
@@ -647,9 +698,11 @@ static int32_t px__pooled_enobufs(const px_op *op) {
   return -ENOBUFS;
 }
 
-/* One CQE.  Only this function is long: it is the reaping loop's body. */
-static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
-                    uint32_t flags) {
+/* A CQE that is not an op's own plain success: the eventfd, internal
+ * cancels, linked timeouts, pooled receives, accepts and errors.  Only
+ * this function is long: it is the reaping loop's body. */
+static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
+                                      int32_t res, uint32_t flags) {
   unsigned tag = ud & PX__UD_TAGS;
   if (tag == PX__UD_WAKE) {
     u->wake_armed = false;
@@ -701,31 +754,54 @@ static void px__cqe(px_loop *loop, px__uring *u, uint64_t ud, int32_t res,
   px__complete(loop, op, res);
 }
 
+/* One CQE.  The common case first: an op's own CQE and its only one (no
+ * deadline, so no linked timeout), a success, of a kind whose result needs
+ * no translation (not pooled, not an accept), no SIGPIPE count to drop,
+ * a plain completion for the core.  It ends as px__cqe_slow would: the
+ * kernel is done with the op (px__op_end has nothing to do) and it
+ * completes. */
+static inline void px__cqe(px_loop *loop, px__uring *u, uint64_t ud,
+                           int32_t res, uint32_t flags) {
+  px_op *op = (px_op *)(uintptr_t)ud;
+  if ((ud & PX__UD_TAGS) == PX__UD_OP && res >= 0 &&
+      !(op->flags & (PX__F_DEADLINE | PX__F_SIGPIPE)) &&
+      op->kind != PX__OP_RECV_POOLED && px__is_plain(op)) {
+    px__complete_plain(loop, op, res);
+    return;
+  }
+  px__cqe_slow(loop, u, ud, res, flags);
+}
+
+/*
+ * Reaps every CQE in one pass.  Each CQE is copied out and the CQ head
+ * moved past it before it is handled: handling a completion may submit
+ * (the next op of a handle), and should that ever enter the ring and reap
+ * (px__sqe_now), the inner reap starts after it instead of seeing it
+ * twice.  So the head is read back after each CQE, and the loop runs while
+ * it is before the tail seen (an inner reap may have gone past it).
+ */
 static void px__reap(px_loop *loop, px__uring *u) {
-  enum { BATCH = 64 };
-  struct io_uring_cqe *cqes[BATCH];
-  struct {
-    uint64_t ud;
-    int32_t res;
-    uint32_t flags;
-  } got[BATCH];
+  struct io_uring_cq *cq = &u->ring.cq;
   for (;;) {
-    unsigned n = io_uring_peek_batch_cqe(&u->ring, cqes, BATCH);
-    if (n == 0) {
+    unsigned head = IO_URING_READ_ONCE(*cq->khead);
+    unsigned tail = io_uring_smp_load_acquire(cq->ktail);
+    if (head == tail) {
       /* Completions the kernel kept aside because the CQ was full. */
       if (!io_uring_cq_has_overflow(&u->ring) || !u->enabled ||
           io_uring_get_events(&u->ring) < 0 || io_uring_cq_ready(&u->ring) == 0)
         return;
       continue;
     }
-    for (unsigned i = 0; i < n; i++) {
-      got[i].ud = cqes[i]->user_data;
-      got[i].res = cqes[i]->res;
-      got[i].flags = cqes[i]->flags;
-    }
-    io_uring_cq_advance(&u->ring, n);
-    for (unsigned i = 0; i < n; i++)
-      px__cqe(loop, u, got[i].ud, got[i].res, got[i].flags);
+    do {
+      /* No IORING_SETUP_CQE32 (px__ring_init): a CQE is 16 bytes. */
+      const struct io_uring_cqe *cqe = &cq->cqes[head & cq->ring_mask];
+      uint64_t ud = cqe->user_data;
+      int32_t res = cqe->res;
+      uint32_t flags = cqe->flags;
+      io_uring_smp_store_release(cq->khead, head + 1);
+      px__cqe(loop, u, ud, res, flags);
+      head = IO_URING_READ_ONCE(*cq->khead);
+    } while ((int)(tail - head) > 0);
   }
 }
 

@@ -8,6 +8,17 @@
 #include "backend.h"
 #include "pool.h"
 
+/* Hot-path shaping (GCC and Clang; no effect elsewhere): PX__NOINLINE
+ * keeps a rare case's code, and the registers it needs, out of a hot
+ * function's frame; PX__INLINE folds a hot helper into its caller. */
+#if defined(__GNUC__)
+#define PX__NOINLINE __attribute__((noinline))
+#define PX__INLINE inline __attribute__((always_inline))
+#else
+#define PX__NOINLINE
+#define PX__INLINE inline
+#endif
+
 enum px__kind {
   PX__OP_NONE = 0,
   PX__OP_READ,
@@ -141,6 +152,11 @@ typedef struct px__fdent {
   uint8_t append; /* Windows: opened with PX_O_APPEND */
 } px__fdent;
 
+/* Ops counted on their handle (a close is the handle's end, not its op). */
+static inline bool px__kind_has_fd(unsigned kind) {
+  return kind >= PX__OP_READ && kind <= PX__OP_FSYNC;
+}
+
 /* The stream direction of op: 0 reads, 1 writes. */
 static inline unsigned px__dir_of(const px_op *op) {
   return (op->flags & PX__F_WRITEQ) != 0;
@@ -223,11 +239,55 @@ void px__heap_remove(px_loop *loop, px_op *op);
 px_op *px__heap_top(const px_loop *loop);
 void px__heap_free(px_loop *loop);
 
-/* loop.c: moving ops. */
-void px__ready_push(px_loop *loop, px_op *op, int32_t result);
+/* loop.c: moving ops.  The pieces every op passes through are inline
+ * here, so that a submit call or a backend's reaping loop runs them without
+ * a call; what only the rare cases need stays out of line in loop.c. */
+
+/* op completed with result: it waits for dispatch. */
+static inline void px__ready_push(px_loop *loop, px_op *op, int32_t result) {
+  op->result = result;
+  op->state = PX__READY;
+  px__fifo_push(&loop->ready, op);
+}
+
+/* px__start's refusal: op completes with the error r; returns false. */
+bool px__start_refused(px_loop *loop, px_op *op, px__fdent *e, int r);
+/* px__start's deadline step (PX__F_DEADLINE set). */
+void px__start_deadline(px_loop *loop, px_op *op);
+
 /* Hands op (on handle e, NULL for none) to the backend; false: refused,
- * and op completed with the error. */
-bool px__start(px_loop *loop, px_op *op, px__fdent *e);
+ * and op completed with the error.  The caller frees the stream direction
+ * or starts the next op (no recursion through px__complete). */
+static inline bool px__start(px_loop *loop, px_op *op, px__fdent *e) {
+  if (op->flags & PX__F_DEADLINE)
+    px__start_deadline(loop, op);
+  op->state = PX__STARTED;
+  if (e != NULL)
+    e->started++;
+  int r = PX__BK(loop)->submit(loop, op);
+  return r == 0 || px__start_refused(loop, op, e, r);
+}
+
+/* The backend is done with op (a kind on a handle): its handle's queues
+ * move on. */
+void px__handle_done(px_loop *loop, px_op *op);
+
+/* op's completion is plain: no deadline in the heap, not multishot, not
+ * timed out, not an accept (which registers its new handle).  Then
+ * px__complete (backend.h) comes down to px__complete_plain. */
+static inline bool px__is_plain(const px_op *op) {
+  return !(op->flags & (PX__F_MULTI | PX__F_TIMEDOUT)) && op->heap == 0 &&
+         op->kind != PX__OP_ACCEPT;
+}
+
+/* px__complete for an op px__is_plain says is plain, inline for a
+ * backend's reaping loop: straight to the ready list. */
+static inline void px__complete_plain(px_loop *loop, px_op *op,
+                                      int32_t result) {
+  px__ready_push(loop, op, result);
+  if (px__kind_has_fd(op->kind))
+    px__handle_done(loop, op);
+}
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 /* acceptor.c: px_loop_free stops the loop's acceptors (each goes once
  * its accepts are done). */
@@ -286,10 +346,5 @@ void px__sigpipe_release(void);
 /* A number naming the calling thread, never reused while the process
  * lives (a thread-local's address can be, by the next thread). */
 uint64_t px__thread_id(void);
-
-/* Ops counted on their handle (a close is the handle's end, not its op). */
-static inline bool px__kind_has_fd(unsigned kind) {
-  return kind >= PX__OP_READ && kind <= PX__OP_FSYNC;
-}
 
 #endif

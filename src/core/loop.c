@@ -13,11 +13,7 @@
 
 /* ---- Ready list and completion. ---------------------------------------- */
 
-void px__ready_push(px_loop *loop, px_op *op, int32_t result) {
-  op->result = result;
-  op->state = PX__READY;
-  px__fifo_push(&loop->ready, op);
-}
+/* px__ready_push is inline in internal.h. */
 
 /* ---- Multishot deliveries. ---------------------------------------------
  *
@@ -84,23 +80,38 @@ static void px__ready_again(px_loop *loop, px_op *op) {
   px__fifo_push(&loop->ready, op);
 }
 
-static px_op *px__ready_pop(px_loop *loop) {
-  px_op *op = px__fifo_pop(&loop->ready);
-  if (op == NULL)
-    return NULL;
+/* An op popped from the ready list is done: counted, idle again. */
+static void px__ready_done(px_loop *loop, px_op *op) {
+  op->state = PX__IDLE;
+  op->flags = 0;
+  loop->stats.completed++;
+  if (op->result < 0) {
+    if (op->result == PX_ECANCELED)
+      loop->stats.cancelled++;
+    else
+      loop->stats.failed++;
+  }
+}
+
+/* px__ready_pop's pooled receives: a multishot delivery, or the end of a
+ * pooled receive (its pool counts it). */
+static px_op *px__ready_pop_pooled(px_loop *loop, px_op *op) {
   /* Only chained deliveries come with INREADY; a multishot op completed
    * the ordinary way (refused, cancelled while queued) has none. */
   if ((op->flags & PX__F_INREADY) && px__multi_next(op))
     return op; /* a delivery; the op is still in flight */
-  if (op->kind == PX__OP_RECV_POOLED)
-    ((px_bufpool *)op->buf)->ops--;
-  op->state = PX__IDLE;
-  op->flags = 0;
-  loop->stats.completed++;
-  if (op->result == PX_ECANCELED)
-    loop->stats.cancelled++;
-  else if (op->result < 0)
-    loop->stats.failed++;
+  ((px_bufpool *)op->buf)->ops--;
+  px__ready_done(loop, op);
+  return op;
+}
+
+static inline px_op *px__ready_pop(px_loop *loop) {
+  px_op *op = px__fifo_pop(&loop->ready);
+  if (op == NULL)
+    return NULL;
+  if (op->kind == PX__OP_RECV_POOLED) /* the only kind with deliveries */
+    return px__ready_pop_pooled(loop, op);
+  px__ready_done(loop, op);
   return op;
 }
 
@@ -166,22 +177,18 @@ bool px__fifo_remove(px__fifo *f, px_op *op) {
   return false;
 }
 
-/* Hands op to the backend.  When the backend refuses it, op completes with
- * the error and false comes back: the caller then frees the stream
- * direction or starts the next op (no recursion through px__complete). */
-bool px__start(px_loop *loop, px_op *op, px__fdent *e) {
-  const px__backend *bk = PX__BK(loop);
-  /* A kernel timer takes over the deadline, even one already past: the
-   * kernel still tries the op once, so a zero deadline means "only if it
-   * can complete at once". */
-  if ((op->flags & PX__F_DEADLINE) && (bk->caps & PX_CAP_KERNEL_DEADLINE))
+/* px__start (internal.h) with a deadline: a kernel timer takes over the
+ * deadline, even one already past: the kernel still tries the op once, so
+ * a zero deadline means "only if it can complete at once". */
+void px__start_deadline(px_loop *loop, px_op *op) {
+  if (PX__BK(loop)->caps & PX_CAP_KERNEL_DEADLINE)
     px__heap_remove(loop, op);
-  op->state = PX__STARTED;
-  if (e != NULL)
-    e->started++;
-  int r = bk->submit(loop, op);
-  if (r == 0)
-    return true;
+}
+
+/* The backend refused op: it completes with the error, and false comes
+ * back (the caller then frees the stream direction or starts the next op:
+ * no recursion through px__complete). */
+bool px__start_refused(px_loop *loop, px_op *op, px__fdent *e, int r) {
   if (e != NULL)
     e->started--;
   px__heap_remove(loop, op);
@@ -223,7 +230,7 @@ static int32_t px__finish_accept(px_loop *loop, px_op *op, int32_t result) {
 }
 
 /* The backend is done with op: its handle's queues move on. */
-static void px__handle_done(px_loop *loop, px_op *op) {
+void px__handle_done(px_loop *loop, px_op *op) {
   if (!px__kind_has_fd(op->kind))
     return;
   px__fdent *e = px__fd_get(loop, op->fd);
@@ -243,7 +250,8 @@ void px__complete(px_loop *loop, px_op *op, int32_t result) {
     px__complete_buf(loop, op, result, NULL);
     return;
   }
-  px__heap_remove(loop, op);
+  if (op->heap != 0)
+    px__heap_remove(loop, op);
   if ((op->flags & PX__F_TIMEDOUT) && result == PX_ECANCELED)
     result = PX_ETIMEDOUT;
   if (op->kind == PX__OP_ACCEPT)
