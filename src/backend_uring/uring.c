@@ -25,6 +25,12 @@
  *   overflow, so nothing is lost however small the CQ.
  * - Reaping copies each CQE out and advances the CQ before dispatching it,
  *   because handling a completion may start the next op of the handle.
+ * - The per-op path reads the rings itself (px__sq_space, px__sqe_take,
+ *   px__reap): liburing's helpers less their tests of SQPOLL, SQE128 and
+ *   CQE32, flags px never sets.  An op with no deadline, not pooled and
+ *   not a write() to a pipe or socket takes a leaf-function path through
+ *   submit and reap;
+ *   everything else goes the long way (px__submit_slow, px__cqe_slow).
  * - Deadlines are linked timeouts with IORING_TIMEOUT_ABS on the monotonic
  *   clock (px__now_ns's).  A linked pair gives two CQEs in either order: the
  *   op's (-ECANCELED when the timer fired) and the timer's (-ETIME when it
