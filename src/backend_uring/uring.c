@@ -29,8 +29,8 @@
  *   px__reap): liburing's helpers less their tests of SQPOLL, SQE128 and
  *   CQE32, flags px never sets.  An op with no deadline, not pooled and
  *   not a write() to a pipe or socket takes a leaf-function path through
- *   submit and reap;
- *   everything else goes the long way (px__submit_slow, px__cqe_slow).
+ *   submit and reap; everything else goes the long way (px__submit_slow,
+ *   px__cqe_slow).
  * - Deadlines are linked timeouts with IORING_TIMEOUT_ABS on the monotonic
  *   clock (px__now_ns's).  A linked pair gives two CQEs in either order: the
  *   op's (-ECANCELED when the timer fired) and the timer's (-ETIME when it
