@@ -17,8 +17,7 @@
  *   a loop freed from another thread would then enter that thread's ring.
  * - SQ full.  An op that finds no SQE waits on an intrusive overflow list
  *   (op->next, no allocation) and is moved into the SQ at the next
- *   iteration, submitting as often as needed to make room.  An op with a
- *   deadline needs two adjacent SQEs.
+ *   iteration, submitting as often as needed to make room.
  * - CQ overflow.  With IORING_FEAT_NODROP the kernel keeps completions that
  *   did not fit and io_uring_enter may answer EBUSY until they are reaped;
  *   the reaper drains and asks for events again while the ring reports an
@@ -27,15 +26,17 @@
  *   because handling a completion may start the next op of the handle.
  * - The per-op path reads the rings itself (px__sq_space, px__sqe_take,
  *   px__reap): liburing's helpers less their tests of SQPOLL, SQE128 and
- *   CQE32, flags px never sets.  An op with no deadline, not pooled and
- *   not a write() to a pipe or socket takes a leaf-function path through
- *   submit and reap; everything else goes the long way (px__submit_slow,
- *   px__cqe_slow).
- * - Deadlines are linked timeouts with IORING_TIMEOUT_ABS on the monotonic
- *   clock (px__now_ns's).  A linked pair gives two CQEs in either order: the
- *   op's (-ECANCELED when the timer fired) and the timer's (-ETIME when it
- *   fired).  The op completes when both arrived, as PX_ETIMEDOUT if the
- *   timer fired and the op did not succeed.
+ *   CQE32, flags px never sets.  An op that is not pooled and not a write()
+ *   to a pipe or socket takes a leaf-function path through submit, and one
+ *   with no deadline through reap; everything else goes the long way
+ *   (px__submit_slow, px__cqe_slow).
+ * - Deadlines come from the core's timer heap (no PX_CAP_KERNEL_DEADLINE):
+ *   when one passes, the core asks cancel() and the op's -ECANCELED becomes
+ *   PX_ETIMEDOUT there.  Linked timeouts (IORING_OP_LINK_TIMEOUT) did this
+ *   job before; each cost a second SQE and CQE and an hrtimer armed and
+ *   disarmed under the ring's interrupt-safe locks, ~8% of the HTTP
+ *   example's CPU in a profile (io_queue_linked_timeout, io_disarm_next),
+ *   where the heap costs a push and a removal in user space.
  * - Cancellation matches user_data (the op's address); px_close asks for
  *   IORING_ASYNC_CANCEL_FD|ALL, px_loop_free for ASYNC_CANCEL_ANY|ALL.  An op
  *   still on the overflow list is not in the kernel: it is completed here.
@@ -82,7 +83,6 @@
 
 /* user_data: an op's address, with a tag in the two low bits. */
 #define PX__UD_OP 0u
-#define PX__UD_TIMER 1u  /* the linked timeout of an op */
 #define PX__UD_WAKE 2u   /* the eventfd read */
 #define PX__UD_IGNORE 3u /* internal cancels */
 #define PX__UD_TAGS 3u
@@ -110,8 +110,7 @@ typedef struct px__uring {
 } px__uring;
 
 #define PX__URING_CAPS                                                         \
-  (PX_CAP_FILE_ASYNC | PX_CAP_KERNEL_DEADLINE | PX_CAP_MULTISHOT |             \
-   PX_CAP_BUF_SELECT)
+  (PX_CAP_FILE_ASYNC | PX_CAP_MULTISHOT | PX_CAP_BUF_SELECT)
 
 /* Per-op state, inside op->backend (a uint64_t array: may_alias says so to
  * the optimiser). */
@@ -121,11 +120,8 @@ typedef struct px__uring {
 #define PX__MAY_ALIAS
 #endif
 typedef struct PX__MAY_ALIAS px__uop {
-  struct __kernel_timespec ts; /* the linked timeout's expiry */
-  int32_t res;                 /* the op's own CQE result */
-  uint32_t bid;                /* ... and its buffer + 1 (pooled), or 0 */
-  uint8_t cqes;                /* CQEs still to come */
-  uint8_t timer_fired;
+  int32_t res;  /* the op's CQE result (pooled receives) */
+  uint32_t bid; /* ... and its buffer + 1, or 0 */
   uint8_t on_ovf;
   uint8_t stop; /* a cancel was asked for */
 } px__uop;
@@ -453,40 +449,18 @@ static PX__INLINE struct io_uring_sqe *px__sqe_take(px__uring *u) {
   return &sq->sqes[tail & sq->ring_mask];
 }
 
-/* Fills sqe with op (its only SQE, or the first of a linked pair). */
-static PX__INLINE void px__prep_sqe(struct io_uring_sqe *sqe, px_op *op,
-                                    uint8_t cqes) {
-  px__uop *uo = px__uop_of(op);
+/* Fills sqe with op. */
+static PX__INLINE void px__prep_sqe(struct io_uring_sqe *sqe, px_op *op) {
   px__prep_kind(sqe, op);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | PX__UD_OP);
-  uo->cqes = cqes;
-  uo->bid = 0;
-  uo->timer_fired = 0;
+  px__uop_of(op)->bid = 0;
 }
 
-/* px__prep for an op with a deadline: the op and its linked timeout. */
-static PX__NOINLINE bool px__prep_linked(px__uring *u, px_op *op) {
-  if (px__sq_space(u) < 2u)
-    return false; /* the op and its timer go in together or not at all */
-  struct io_uring_sqe *sqe = px__sqe_take(u);
-  px__prep_sqe(sqe, op, 2);
-  sqe->flags |= IOSQE_IO_LINK;
-  px__uop *uo = px__uop_of(op);
-  uo->ts.tv_sec = op->when / 1000000000;
-  uo->ts.tv_nsec = op->when % 1000000000;
-  struct io_uring_sqe *t = px__sqe_take(u);
-  io_uring_prep_link_timeout(t, &uo->ts, IORING_TIMEOUT_ABS);
-  io_uring_sqe_set_data64(t, (uint64_t)(uintptr_t)op | PX__UD_TIMER);
-  return true;
-}
-
-/* Fills the SQE(s) of op; false when the SQ has no room for them. */
+/* Fills the SQE of op; false when the SQ has no room for it. */
 static PX__INLINE bool px__prep(px__uring *u, px_op *op) {
-  if (op->flags & PX__F_DEADLINE)
-    return px__prep_linked(u, op);
   if (px__sq_space(u) == 0)
     return false;
-  px__prep_sqe(px__sqe_take(u), op, 1);
+  px__prep_sqe(px__sqe_take(u), op);
   return true;
 }
 
@@ -578,11 +552,10 @@ static PX__NOINLINE int px__submit_slow(px__uring *u, px_op *op) {
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
   px__uop_of(op)->stop = 0;
-  if ((op->flags & (PX__F_DEADLINE | PX__F_SIGPIPE)) ||
-      op->kind == PX__OP_RECV_POOLED || u->ovf.head != NULL ||
-      px__sq_space(u) == 0)
+  if ((op->flags & PX__F_SIGPIPE) || op->kind == PX__OP_RECV_POOLED ||
+      u->ovf.head != NULL || px__sq_space(u) == 0)
     return px__submit_slow(u, op);
-  px__prep_sqe(px__sqe_take(u), op, 1);
+  px__prep_sqe(px__sqe_take(u), op);
   return 0;
 }
 
@@ -674,8 +647,8 @@ static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op) {
   px_bufpool *p = op->buf;
   px__ubr *r = p->bk;
   px__fdent *e = px__fd_get(loop, op->fd);
-  if (uo->res != -ENOBUFS || uo->timer_fired || uo->stop || u->stopping ||
-      e == NULL || e->closing != NULL || (p->slots.nfree == 0 && r->avail == 0))
+  if (uo->res != -ENOBUFS || uo->stop || u->stopping || e == NULL ||
+      e->closing != NULL || (p->slots.nfree == 0 && r->avail == 0))
     return false;
   /* Buffers may have gone into the ring since the kernel found it empty
    * (released, or topped up for another receive of the same reap); only a
@@ -705,7 +678,7 @@ static int32_t px__pooled_enobufs(const px_op *op) {
 }
 
 /* A CQE that is not an op's own plain success: the eventfd, internal
- * cancels, linked timeouts, pooled receives, accepts and errors.  Only
+ * cancels, pooled receives, accepts, ops with a deadline and errors.  Only
  * this function is long: it is the reaping loop's body. */
 static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
                                       int32_t res, uint32_t flags) {
@@ -721,25 +694,20 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
     return;
   px_op *op = (px_op *)(uintptr_t)(ud & ~(uint64_t)PX__UD_TAGS);
   px__uop *uo = px__uop_of(op);
-  if (tag == PX__UD_TIMER) {
-    uo->timer_fired = res == -ETIME;
-  } else {
-    if (op->kind == PX__OP_RECV_POOLED && px__cqe_pooled(loop, op, res, flags))
-      return;
-    uo->res = res;
-  }
-  if (--uo->cqes > 0)
+  if (op->kind == PX__OP_RECV_POOLED && px__cqe_pooled(loop, op, res, flags))
     return;
+  uo->res = res;
   if (op->kind == PX__OP_RECV_POOLED && px__pooled_again(loop, u, op))
     return;
   px__op_end(u, op);
-  res = uo->res;
   if (op->kind == PX__OP_RECV_POOLED && res == -ENOBUFS)
     res = px__pooled_enobufs(op);
-  if (res < 0) {
-    bool stopped = res == -ECANCELED || res == -EINTR;
-    res = uo->timer_fired && stopped ? PX_ETIMEDOUT : px__errno(-res);
-  }
+  /* A cancel (a deadline's among them) may interrupt an op the kernel runs
+   * in a worker thread: EINTR there means cancelled. */
+  if (res == -EINTR && uo->stop)
+    res = -ECANCELED;
+  if (res < 0)
+    res = px__errno(-res);
   if (op->kind == PX__OP_RECV_POOLED) {
     px_bufpool *p = op->buf;
     void *buf = uo->bid ? px__buf_at(p, uo->bid - 1) : NULL;
@@ -760,18 +728,18 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
   px__complete(loop, op, res);
 }
 
-/* One CQE.  The common case first: an op's own CQE and its only one (no
- * deadline, so no linked timeout), a success, of a kind whose result needs
- * no translation (not pooled, not an accept), no SIGPIPE count to drop,
- * a plain completion for the core.  It ends as px__cqe_slow would: the
+/* One CQE.  The common case first: an op's own CQE, a success, of a kind
+ * whose result needs no translation (not pooled, not an accept), no
+ * SIGPIPE count to drop, a plain completion for the core (no deadline in
+ * its heap).  It ends as px__cqe_slow would: the
  * kernel is done with the op (px__op_end has nothing to do) and it
  * completes. */
 static inline void px__cqe(px_loop *loop, px__uring *u, uint64_t ud,
                            int32_t res, uint32_t flags) {
   px_op *op = (px_op *)(uintptr_t)ud;
   if ((ud & PX__UD_TAGS) == PX__UD_OP && res >= 0 &&
-      !(op->flags & (PX__F_DEADLINE | PX__F_SIGPIPE)) &&
-      op->kind != PX__OP_RECV_POOLED && px__is_plain(op)) {
+      !(op->flags & PX__F_SIGPIPE) && op->kind != PX__OP_RECV_POOLED &&
+      px__is_plain(op)) {
     px__complete_plain(loop, op, res);
     return;
   }
@@ -911,10 +879,10 @@ static const struct {
   uint8_t op;
   const char *name;
 } px__needs[] = {
-    PX__OP(NOP),          PX__OP(READ),   PX__OP(WRITE), PX__OP(READV),
-    PX__OP(WRITEV),       PX__OP(RECV),   PX__OP(SEND),  PX__OP(ACCEPT),
-    PX__OP(CONNECT),      PX__OP(CLOSE),  PX__OP(FSYNC), PX__OP(ASYNC_CANCEL),
-    PX__OP(LINK_TIMEOUT), PX__OP(SOCKET),
+    PX__OP(NOP),     PX__OP(READ),  PX__OP(WRITE), PX__OP(READV),
+    PX__OP(WRITEV),  PX__OP(RECV),  PX__OP(SEND),  PX__OP(ACCEPT),
+    PX__OP(CONNECT), PX__OP(CLOSE), PX__OP(FSYNC), PX__OP(ASYNC_CANCEL),
+    PX__OP(SOCKET),
 };
 
 const char *px__uring_probe_check(const struct io_uring_probe *p,

@@ -113,8 +113,8 @@ void smallest_queue_with_4096_mixed_ops_in_flight_completes_each_once(
   /* The data for the receives, one send per pair. */
   for (int p = 0; p < Q_PAIRS; p++) {
     pat_fill(snd[p].buf, sizeof(snd[p].buf), 0x5000u + (uint32_t)p, 0);
-    /* A deadline that does not fire: on io_uring a linked timeout, two
-     * SQEs that must sit side by side in a queue of four. */
+    /* A deadline that does not fire: 128 timers in px's heap beside the
+     * ops in a queue of four. */
     assert_int_equal(px_op_deadline(&snd[p].op, 10000), 0);
     assert_int_equal(px_send(loop, &snd[p].op, sp[p][1], snd[p].buf,
                              sizeof(snd[p].buf), rec_cb, &snd[p].r),

@@ -31,9 +31,9 @@ static const struct {
   int op;
   const char *name;
 } needed[] = {
-    OP(NOP),   OP(READ),         OP(WRITE),        OP(READV),   OP(WRITEV),
-    OP(RECV),  OP(SEND),         OP(ACCEPT),       OP(CONNECT), OP(CLOSE),
-    OP(FSYNC), OP(ASYNC_CANCEL), OP(LINK_TIMEOUT), OP(SOCKET),
+    OP(NOP),   OP(READ),         OP(WRITE),  OP(READV),   OP(WRITEV),
+    OP(RECV),  OP(SEND),         OP(ACCEPT), OP(CONNECT), OP(CLOSE),
+    OP(FSYNC), OP(ASYNC_CANCEL), OP(SOCKET),
 };
 #define NNEEDED (sizeof(needed) / sizeof(needed[0]))
 
@@ -100,7 +100,7 @@ static void a_kernel_before_5_19_is_not_enough(void **state) {
   p->last_op = IORING_OP_SOCKET - 1;
   assert_string_equal(px__uring_probe_check(p, &multishot), "IORING_OP_SOCKET");
   assert_false(multishot);
-  /* 5.5's ends at LINK_TIMEOUT's successors: no READ (5.6). */
+  /* 5.5's ends at CONNECT: no READ (5.6). */
   p->last_op = IORING_OP_CONNECT;
   assert_string_equal(px__uring_probe_check(p, &multishot), "IORING_OP_READ");
 }
