@@ -120,8 +120,7 @@ typedef struct px__uring {
 #define PX__MAY_ALIAS
 #endif
 typedef struct PX__MAY_ALIAS px__uop {
-  int32_t res;  /* the op's CQE result (pooled receives) */
-  uint32_t bid; /* ... and its buffer + 1, or 0 */
+  uint32_t bid; /* a pooled receive's buffer + 1, or 0 */
   uint8_t on_ovf;
   uint8_t stop; /* a cancel was asked for */
 } px__uop;
@@ -642,12 +641,12 @@ static bool px__cqe_pooled(px_loop *loop, px_op *op, int32_t res,
 /* A pooled receive found the ring empty while the pool has free buffers:
  * the ring grows and the receive goes again (unless it was asked to stop:
  * a cancel, its deadline, a close of its handle, the loop's end). */
-static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op) {
-  px__uop *uo = px__uop_of(op);
+static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op,
+                             int32_t res) {
   px_bufpool *p = op->buf;
   px__ubr *r = p->bk;
   px__fdent *e = px__fd_get(loop, op->fd);
-  if (uo->res != -ENOBUFS || uo->stop || u->stopping || e == NULL ||
+  if (res != -ENOBUFS || px__uop_of(op)->stop || u->stopping || e == NULL ||
       e->closing != NULL || (p->slots.nfree == 0 && r->avail == 0))
     return false;
   /* Buffers may have gone into the ring since the kernel found it empty
@@ -696,8 +695,7 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
   px__uop *uo = px__uop_of(op);
   if (op->kind == PX__OP_RECV_POOLED && px__cqe_pooled(loop, op, res, flags))
     return;
-  uo->res = res;
-  if (op->kind == PX__OP_RECV_POOLED && px__pooled_again(loop, u, op))
+  if (op->kind == PX__OP_RECV_POOLED && px__pooled_again(loop, u, op, res))
     return;
   px__op_end(u, op);
   if (op->kind == PX__OP_RECV_POOLED && res == -ENOBUFS)
@@ -937,8 +935,7 @@ static int px__uring_init(px_loop *loop, const px_loop_opts *opts) {
     px__free(u);
     return r;
   }
-  /* At least 4 SQEs (and so 8 CQEs): an op and its linked timeout need two
-   * adjacent ones, and the eventfd read may hold a third. */
+  /* At least 4 SQEs (and so 8 CQEs): the eventfd read may hold one. */
   unsigned entries = opts->entries ? opts->entries : 256;
   entries = entries < 4 ? 4 : entries > 32768 ? 32768 : entries;
   int r = px__ring_init(u, entries);
