@@ -149,8 +149,10 @@ typedef struct run {
   int impl;
   atomic_int ready, go;
   micro_mark prod_a, prod_b, cons_a, cons_b;
-  uint64_t got, bad; /* consumer's */
-  px_loop *loop;
+  /* The consumer writes these on every item: a line of their own, or the
+   * producer's reads of the fields beside them would pull it across. */
+  _Alignas(CACHELINE) uint64_t got, bad;
+  _Alignas(CACHELINE) px_loop *loop;
   uv_loop_t uvl;
   uv_async_t async;
 } run;
@@ -211,9 +213,10 @@ static void consumer_px(void) {
 }
 
 static void produce_px(void) {
+  px_loop *loop = R.loop; /* read once: px_post is a call, R a global */
   for (uint64_t i = 0; i < n_items; i++) {
     px_op *op = ring_take();
-    int r = px_post(R.loop, op, on_post, (void *)(uintptr_t)i);
+    int r = px_post(loop, op, on_post, (void *)(uintptr_t)i);
     if (r != 0)
       micro_fail("px_post", r);
   }
