@@ -152,6 +152,19 @@ typedef struct px__fdent {
   uint8_t append; /* Windows: opened with PX_O_APPEND */
 } px__fdent;
 
+/* Fetches the cache line at p for writing: a line that another core wrote
+ * last is then taken over in one transfer, where a read followed by a
+ * write takes two (the read shares it, the write must then invalidate the
+ * other copy).  A hint: a CPU without it does nothing. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PX__PREFETCH_W(p)                                                      \
+  __asm__ volatile("prefetchw %0" ::"m"(*(const char *)(p)))
+#elif defined(__GNUC__)
+#define PX__PREFETCH_W(p) __builtin_prefetch((p), 1)
+#else
+#define PX__PREFETCH_W(p) ((void)(p))
+#endif
+
 /* Ops counted on their handle (a close is the handle's end, not its op). */
 static inline bool px__kind_has_fd(unsigned kind) {
   return kind >= PX__OP_READ && kind <= PX__OP_FSYNC;

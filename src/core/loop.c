@@ -352,6 +352,7 @@ static void px__posts_take(px_loop *loop, px_op *with) {
   px_op *fifo = NULL, *last = list;
   uint64_t n = 0;
   while (list != NULL) {
+    PX__PREFETCH_W(list);
     px_op *next = list->next;
     list->result = result;
     list->state = PX__READY;
@@ -398,6 +399,7 @@ static int px__post_first(px_loop *loop, px_op *op) {
 int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
   if (loop == NULL || op == NULL)
     return PX_EINVAL;
+  PX__PREFETCH_W(op);
   if (op->state != PX__IDLE)
     return PX_EBUSY;
   if (op->flags & PX__F_DL_SET)
