@@ -84,6 +84,7 @@ int px__fd_register(px_loop *loop, px_fd fd, bool stream) {
     memset(e, 0, sizeof(*e));
   e->known = 1;
   e->stream = stream;
+  e->direct = !stream && px__os_is_direct(fd);
   return 0;
 }
 

@@ -59,12 +59,16 @@ enum px__flag {
   PX__F_DL_SET = 1u << 5,   /* px_op_deadline called, when = ms */
   PX__F_SIGPIPE = 1u << 6,  /* a write to a pipe or socket: may raise it */
   /* Multishot pooled receives (see loop.c, "Multishot deliveries"). */
-  PX__F_MULTI = 1u << 7,     /* many completions for one submission */
-  PX__F_MORE = 1u << 8,      /* this delivery is not the last */
-  PX__F_INREADY = 1u << 9,   /* on the ready list while still in flight */
-  PX__F_FINAL = 1u << 10,    /* the backend is done with it */
-  PX__F_FINALCODE = 1u << 11 /* ... and its last result, after the chained
-                                deliveries, is op->len (no buffer) */
+  PX__F_MULTI = 1u << 7,      /* many completions for one submission */
+  PX__F_MORE = 1u << 8,       /* this delivery is not the last */
+  PX__F_INREADY = 1u << 9,    /* on the ready list while still in flight */
+  PX__F_FINAL = 1u << 10,     /* the backend is done with it */
+  PX__F_FINALCODE = 1u << 11, /* ... and its last result, after the chained
+                                 deliveries, is op->len (no buffer) */
+  /* On a handle opened for direct I/O: the op goes to the device, whose
+   * latency dwarfs a system call, so a backend that gathers submissions
+   * for one kernel entry per iteration starts this one at once. */
+  PX__F_EAGER = 1u << 12
 };
 
 /* An intrusive FIFO of ops linked through op->next (no allocation). */
@@ -150,6 +154,7 @@ typedef struct px__fdent {
   uint8_t known;
   uint8_t stream; /* not a regular file: pipe, socket, device */
   uint8_t append; /* Windows: opened with PX_O_APPEND */
+  uint8_t direct; /* a file opened for direct I/O (O_DIRECT): PX__F_EAGER */
 } px__fdent;
 
 /* Fetches the cache line at p for writing: a line that another core wrote
@@ -331,8 +336,9 @@ bool px__open_flags_ok(unsigned flags);
 
 /* sock_*.c: platform handle operations. */
 int px__os_close(px_fd fd);
-int px__os_is_stream(px_fd fd); /* 1, 0, or a PX_E* code */
-int px__os_writable(px_fd fd);  /* open for writing: 1, 0, or a PX_E* code */
+int px__os_is_stream(px_fd fd);  /* 1, 0, or a PX_E* code */
+int px__os_writable(px_fd fd);   /* open for writing: 1, 0, or a PX_E* code */
+bool px__os_is_direct(px_fd fd); /* a file open for direct I/O */
 #ifdef _WIN32
 /* error_win.c: a Windows error code (GetLastError, WSAGetLastError). */
 int px__win_error(unsigned long err);

@@ -77,6 +77,16 @@ int px__os_is_stream(px_fd fd) {
   return !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
 }
 
+bool px__os_is_direct(px_fd fd) {
+#ifdef O_DIRECT
+  int fl = fcntl((int)fd, F_GETFL);
+  return fl >= 0 && (fl & O_DIRECT) != 0;
+#else
+  (void)fd;
+  return false;
+#endif
+}
+
 int px__os_writable(px_fd fd) {
   int fl = fcntl((int)fd, F_GETFL);
   if (fl < 0)

@@ -73,6 +73,12 @@ int px__os_is_stream(px_fd fd) {
   return k < 0 ? k : k != PX__H_FILE;
 }
 
+/* IOCP starts every op as it is submitted: nothing to hurry. */
+bool px__os_is_direct(px_fd fd) {
+  (void)fd;
+  return false;
+}
+
 int px__os_writable(px_fd fd) {
   PUBLIC_OBJECT_BASIC_INFORMATION info;
   ULONG len;

@@ -587,6 +587,99 @@ void file_reads_in_parallel_on_one_handle_each_complete_once(void **state) {
   finish(loop);
 }
 
+/* Direct I/O: DIRECT_SLOTS reads in flight, each callback starting the
+ * next block until all FILE_OPS are read (on io_uring such ops enter the
+ * kernel as they are submitted, not at the loop's next wait), then a
+ * direct write and fsync, read back.  Buffers, offsets and lengths are
+ * aligned to BLOCK, as O_DIRECT and FILE_FLAG_NO_BUFFERING ask. */
+enum { DIRECT_SLOTS = 16 };
+
+typedef struct direct_read {
+  px_op op;
+  unsigned char *buf;
+  int block, done, bad;
+  int *next;
+} direct_read;
+
+static void direct_read_cb(px_loop *loop, px_op *op) {
+  direct_read *d = op->data;
+  if (op->result != BLOCK)
+    d->bad++;
+  for (int k = 0; k < BLOCK && op->result == BLOCK; k++)
+    if (d->buf[k] != (unsigned char)(d->block + 1)) {
+      d->bad++;
+      break;
+    }
+  d->done++;
+  if (*d->next < FILE_OPS) {
+    d->block = (*d->next)++;
+    if (px_read(loop, op, op->fd, d->buf, BLOCK, (int64_t)d->block * BLOCK,
+                direct_read_cb, d) != 0)
+      d->bad++;
+  }
+}
+
+static int direct_done(const direct_read *d) {
+  int done = 0;
+  for (int i = 0; i < DIRECT_SLOTS; i++)
+    done += d[i].done;
+  return done;
+}
+
+void file_direct_reads_and_write_return_each_block(void **state) {
+  px_loop *loop = new_loop();
+  char path[512];
+  px_fd fd = block_file(loop, path, sizeof(path));
+  (void)state;
+  close_fd(loop, fd);
+  int r = px_file_open(loop, path, PX_O_RDWR | PX_O_DIRECT, 0, &fd);
+  if (r == PX_EINVAL || r == PX_EOPNOTSUPP) {
+    printf("           skipped: the file system of %s refuses direct I/O "
+           "(%s)\n",
+           path, px_strerror(r));
+    assert_int_equal(remove(path), 0);
+    finish(loop);
+    skip();
+  }
+  assert_int_equal(r, 0);
+  unsigned char *mem = malloc((size_t)(DIRECT_SLOTS + 1) * BLOCK);
+  assert_non_null(mem);
+  unsigned char *base =
+      mem + (BLOCK - (uintptr_t)mem % BLOCK) % BLOCK; /* aligned */
+  direct_read d[DIRECT_SLOTS];
+  int next = 0;
+  memset(d, 0, sizeof(d));
+  for (int i = 0; i < DIRECT_SLOTS; i++) {
+    d[i].buf = base + (size_t)i * BLOCK;
+    d[i].next = &next;
+    d[i].block = next++;
+    assert_int_equal(px_read(loop, &d[i].op, fd, d[i].buf, BLOCK,
+                             (int64_t)d[i].block * BLOCK, direct_read_cb,
+                             &d[i]),
+                     0);
+  }
+  RUN_UNTIL(loop, direct_done(d) == FILE_OPS, 10000);
+  for (int i = 0; i < DIRECT_SLOTS; i++)
+    assert_int_equal(d[i].bad, 0);
+  /* A direct write and fsync, then the block read back directly. */
+  memset(base, 0xA5, BLOCK);
+  assert_int_equal(sync_write(loop, fd, base, BLOCK, 5 * BLOCK), BLOCK);
+  px_op sop = {0};
+  rec sr = {0};
+  assert_int_equal(px_fsync(loop, &sop, fd, 0, rec_cb, &sr), 0);
+  RUN_UNTIL(loop, sr.calls == 1, 10000);
+  assert_int_equal(sr.result, 0);
+  memset(base, 0, BLOCK);
+  assert_int_equal(sync_read(loop, fd, base, BLOCK, 5 * BLOCK), BLOCK);
+  for (int k = 0; k < BLOCK; k++)
+    if (base[k] != 0xA5)
+      fail_msg("direct write: byte %d reads %d", k, base[k]);
+  free(mem);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
 void close_of_file_with_reads_in_flight_completes_each_first(void **state) {
   px_loop *loop = new_loop();
   char path[512];
