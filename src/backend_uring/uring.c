@@ -14,10 +14,10 @@
  *   iteration submits them and waits (EXT_ARG carries the timeout, so the
  *   wait needs no timeout SQE).  The exception is an op on a file opened
  *   O_DIRECT (PX__F_EAGER): it enters at once, because a device's queue
- *   wants each read as soon as it exists (px__submit_now).  The ring fd is not
- * registered with the thread (IORING_REGISTER_RING_FDS): the registration is
- * per thread, and a loop freed from another thread would then enter that
- * thread's ring.
+ *   wants each read as soon as it exists (px__submit_now).  The ring fd
+ *   is not registered with the thread (IORING_REGISTER_RING_FDS): the
+ *   registration is per thread, and a loop freed from another thread
+ *   would then enter that thread's ring.
  * - SQ full.  An op that finds no SQE waits on an intrusive overflow list
  *   (op->next, no allocation) and is moved into the SQ at the next
  *   iteration, submitting as often as needed to make room.
@@ -538,10 +538,10 @@ static PX__NOINLINE int px__pooled_start(px__uring *u, px_op *op) {
 
 /* An op on a handle opened for direct I/O enters the kernel now, with
  * whatever SQEs wait before it, instead of at the loop's next wait: it goes
- * to the device, and measured against fio (one io_uring_enter per read),
- * gathering a wave's refills into the next enter cost O_DIRECT reads at
- * QD 32 a quarter of their rate (px 44-47k IOPS, 58-61k with this, fio
- * 52-56k; bench/RESULTS.md) for ~0.7 us of system time per read.  Not
+ * to the device.  Measured against fio (one io_uring_enter per read),
+ * O_DIRECT 4 KiB reads at QD 32: gathered into the next enter, px 44-47k
+ * IOPS to fio's 52-56k; entered at once, 51-61k to fio's 44-56k
+ * (bench/RESULTS.md), for ~0.7 us more system time per read.  Not
  * before the ring is enabled (the first px_run does that, on its thread),
  * and not while a write that may raise SIGPIPE waits unguarded in the SQ:
  * those go at the next wait as before.  An error leaves the SQEs where
