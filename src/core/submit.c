@@ -76,8 +76,12 @@ static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
 }
 
 /* Routes an accepted op: a stream op waits behind its handle's busy
- * direction, everything else starts now. */
+ * direction, everything else starts now.  An op on a handle opened for
+ * direct I/O is marked PX__F_EAGER here, the one place every op on a
+ * handle passes. */
 static int px__route(px_loop *loop, px_op *op, px__fdent *e) {
+  if (e->direct)
+    op->flags |= PX__F_EAGER;
   if (op->flags & PX__F_STREAM) {
     unsigned d = px__dir_of(op);
     if (e->busy[d]) {
@@ -117,7 +121,7 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
   bool sigpipe = e->stream && (kind == PX__OP_WRITE || kind == PX__OP_WRITEV);
   uint16_t flags =
       (uint16_t)((stream ? PX__F_STREAM : 0) | (write ? PX__F_WRITEQ : 0) |
-                 (sigpipe ? PX__F_SIGPIPE : 0) | (e->direct ? PX__F_EAGER : 0));
+                 (sigpipe ? PX__F_SIGPIPE : 0));
   px__fill(op, kind, fd, cb, data);
   op->buf = buf;
   op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
@@ -246,7 +250,7 @@ static int px__handle_op(px_loop *loop, px_op *op, unsigned kind, px_fd fd,
   op->buf = arg;
   op->len = 0;
   op->off = kind == PX__OP_ACCEPT ? PX_INVALID_FD : 0;
-  r = px__accept(loop, op, (uint16_t)(flags | (e->direct ? PX__F_EAGER : 0)));
+  r = px__accept(loop, op, flags);
   if (r < 0)
     return r;
   return px__route(loop, op, e);
