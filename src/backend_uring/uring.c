@@ -567,13 +567,14 @@ static PX__NOINLINE int px__submit_slow(px__uring *u, px_op *op) {
 }
 
 /* The common case inline: one SQE, free, nothing waiting before it, no
- * buffer ring or SIGPIPE count to keep, and no hurry (PX__F_EAGER). */
+ * buffer ring or SIGPIPE count to keep, and no hurry (PX__F_EAGER).  Kinds
+ * with their own completion (PX__F_KIND: pooled receives, which need the
+ * buffer ring, and accepts) take the slow path too. */
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
   px__uop_of(op)->stop = 0;
-  if ((op->flags & (PX__F_SIGPIPE | PX__F_EAGER)) ||
-      op->kind == PX__OP_RECV_POOLED || u->ovf.head != NULL ||
-      px__sq_space(u) == 0)
+  if ((op->flags & (PX__F_SIGPIPE | PX__F_EAGER | PX__F_KIND)) ||
+      u->ovf.head != NULL || px__sq_space(u) == 0)
     return px__submit_slow(u, op);
   px__prep_sqe(px__sqe_take(u), op);
   return 0;
@@ -750,16 +751,16 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
 /* One CQE.  The common case first: an op's own CQE, a success, of a kind
  * whose result needs no translation (not pooled, not an accept), no
  * SIGPIPE count to drop, a plain completion for the core (no deadline in
- * its heap).  It ends as px__cqe_slow would: the
- * kernel is done with the op (px__op_end has nothing to do) and it
- * completes. */
+ * its heap).  It ends as px__cqe_slow would: the kernel is done with the
+ * op (px__op_end has nothing to do) and it completes, inside px_run's
+ * wait straight to its callback when nothing waits before it (the reaping
+ * loop above is written for callbacks that submit). */
 static inline void px__cqe(px_loop *loop, px__uring *u, uint64_t ud,
                            int32_t res, uint32_t flags) {
   px_op *op = (px_op *)(uintptr_t)ud;
   if ((ud & PX__UD_TAGS) == PX__UD_OP && res >= 0 &&
-      !(op->flags & PX__F_SIGPIPE) && op->kind != PX__OP_RECV_POOLED &&
-      px__is_plain(op)) {
-    px__complete_plain(loop, op, res);
+      !(op->flags & PX__F_SIGPIPE) && px__is_plain(op)) {
+    px__complete_direct(loop, op, res);
     return;
   }
   px__cqe_slow(loop, u, ud, res, flags);

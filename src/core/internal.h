@@ -68,7 +68,11 @@ enum px__flag {
   /* On a handle opened for direct I/O: the op goes to the device, whose
    * latency dwarfs a system call, so a backend that gathers submissions
    * for one kernel entry per iteration starts this one at once. */
-  PX__F_EAGER = 1u << 12
+  PX__F_EAGER = 1u << 12,
+  /* A kind that completes its own way: an accept registers the handle it
+   * got, a pooled receive hands over a buffer.  A flag, so that the
+   * completion's fast path tests one word (px__is_plain). */
+  PX__F_KIND = 1u << 13
 };
 
 /* An intrusive FIFO of ops linked through op->next (no allocation). */
@@ -206,7 +210,12 @@ struct px_loop {
 
   bool stop;
   bool closing;
-  int depth;      /* callbacks currently running */
+  int depth; /* callbacks currently running */
+  /* px_run's wait is on (PX__DIRECT_*): a plain completion with nothing
+   * before it runs its callback from the backend's reaping loop, and
+   * direct_ran counts those callbacks for the iteration. */
+  uint8_t direct;
+  uint32_t direct_ran;
   uint64_t owner; /* px__thread_id of the first runner, 0 before */
 
   /* What other threads touch (px_post, px_loop_wakeup), in groups that
@@ -291,11 +300,11 @@ static inline bool px__start(px_loop *loop, px_op *op, px__fdent *e) {
 void px__handle_done(px_loop *loop, px_op *op);
 
 /* op's completion is plain: no deadline in the heap, not multishot, not
- * timed out, not an accept (which registers its new handle).  Then
+ * timed out, not a kind with its own completion (PX__F_KIND).  Then
  * px__complete (backend.h) comes down to px__complete_plain. */
 static inline bool px__is_plain(const px_op *op) {
-  return !(op->flags & (PX__F_MULTI | PX__F_TIMEDOUT)) && op->heap == 0 &&
-         op->kind != PX__OP_ACCEPT;
+  return !(op->flags & (PX__F_MULTI | PX__F_TIMEDOUT | PX__F_KIND)) &&
+         op->heap == 0;
 }
 
 /* px__complete for an op px__is_plain says is plain, inline for a
@@ -305,6 +314,59 @@ static inline void px__complete_plain(px_loop *loop, px_op *op,
   px__ready_push(loop, op, result);
   if (px__kind_has_fd(op->kind))
     px__handle_done(loop, op);
+}
+
+/* An op popped from the ready list, or completed straight to its
+ * callback, is done: counted, idle again. */
+static inline void px__op_done(px_loop *loop, px_op *op) {
+  op->state = PX__IDLE;
+  op->flags = 0;
+  loop->stats.completed++;
+  if (op->result < 0) {
+    if (op->result == PX_ECANCELED)
+      loop->stats.cancelled++;
+    else
+      loop->stats.failed++;
+  }
+}
+
+/* loop->direct: off; on with loop->now from before the wait; on with
+ * loop->now read after it. */
+enum { PX__DIRECT_OFF, PX__DIRECT_STALE, PX__DIRECT_FRESH };
+
+/*
+ * px__complete_plain, or straight to the callback: inside px_run's wait
+ * (not px_wait's, which hands ops back), with no callback running and
+ * nothing on the ready list, a plain completion would be the next op
+ * dispatched anyway, so its trip through the list is skipped.  Its
+ * handle's queues move on first, as they would.  The clock is read once
+ * per wait, before the first such callback (a callback that starts a
+ * timer measures from the end of the wait, as it would).  With a callback
+ * running (a submit that reaps to make room in the queue), or something
+ * on the list, the op joins the list: no callback runs inside a submit
+ * call, and nothing overtakes what completed before it.
+ */
+static inline void px__complete_direct(px_loop *loop, px_op *op,
+                                       int32_t result) {
+  if (loop->direct == PX__DIRECT_OFF || loop->depth != 0 ||
+      loop->ready.head != NULL) {
+    px__complete_plain(loop, op, result);
+    return;
+  }
+  if (px__kind_has_fd(op->kind))
+    px__handle_done(loop, op); /* reads op->flags: before px__op_done */
+  op->result = result;
+  px__op_done(loop, op);
+  if (loop->direct == PX__DIRECT_STALE) {
+    loop->now = px__now_ns();
+    loop->direct = PX__DIRECT_FRESH;
+  }
+  loop->direct_ran++;
+  if (op->cb != NULL) {
+    loop->depth++;
+    op->cb(loop, op);
+    loop->depth--;
+  }
 }
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 /* acceptor.c: px_loop_free stops the loop's acceptors (each goes once

@@ -2,10 +2,13 @@
  * The loop: op lifecycle after submission, dispatch, timers, posts.
  *
  * Every completion, whatever its source (backend, timer, cancel, post),
- * goes through px__ready_push onto one FIFO list, and callbacks run only
- * from px__dispatch.  So a callback never runs inside a submit call, and an
- * op's "completed" moment is one place where handle queues, close-after-
- * drain and statistics are kept.
+ * goes through px__ready_push onto one FIFO list, and callbacks run from
+ * px__dispatch.  The one shortcut: inside px_run's wait, a plain completion
+ * that finds the list empty and no callback running goes straight to its
+ * callback (px__complete_direct, internal.h), which is where dispatch
+ * would have taken it next.  So a callback never runs inside a submit
+ * call, and an op's "completed" moment is one place where handle queues,
+ * close-after-drain and statistics are kept.
  */
 #include <string.h>
 
@@ -80,19 +83,6 @@ static void px__ready_again(px_loop *loop, px_op *op) {
   px__fifo_push(&loop->ready, op);
 }
 
-/* An op popped from the ready list is done: counted, idle again. */
-static void px__ready_done(px_loop *loop, px_op *op) {
-  op->state = PX__IDLE;
-  op->flags = 0;
-  loop->stats.completed++;
-  if (op->result < 0) {
-    if (op->result == PX_ECANCELED)
-      loop->stats.cancelled++;
-    else
-      loop->stats.failed++;
-  }
-}
-
 /* px__ready_pop's pooled receives: a multishot delivery, or the end of a
  * pooled receive (its pool counts it). */
 static px_op *px__ready_pop_pooled(px_loop *loop, px_op *op) {
@@ -101,7 +91,7 @@ static px_op *px__ready_pop_pooled(px_loop *loop, px_op *op) {
   if ((op->flags & PX__F_INREADY) && px__multi_next(op))
     return op; /* a delivery; the op is still in flight */
   ((px_bufpool *)op->buf)->ops--;
-  px__ready_done(loop, op);
+  px__op_done(loop, op);
   return op;
 }
 
@@ -111,7 +101,7 @@ static inline px_op *px__ready_pop(px_loop *loop) {
     return NULL;
   if (op->kind == PX__OP_RECV_POOLED) /* the only kind with deliveries */
     return px__ready_pop_pooled(loop, op);
-  px__ready_done(loop, op);
+  px__op_done(loop, op);
   return op;
 }
 
@@ -468,9 +458,14 @@ static bool px__posts_waiting(px_loop *loop) {
 
 /* ---- One iteration. ---------------------------------------------------- */
 
-static int px__iterate(px_loop *loop, int64_t limit) {
+/* direct: px_run's iteration, whose plain completions may go straight to
+ * their callbacks (px__complete_direct). */
+static int px__iterate(px_loop *loop, int64_t limit, bool direct) {
   loop->woken = false;
+  loop->direct_ran = 0;
+  loop->direct = direct ? PX__DIRECT_STALE : PX__DIRECT_OFF;
   int r = PX__BK(loop)->poll(loop, px__poll_timeout(loop, limit));
+  loop->direct = PX__DIRECT_OFF;
   loop->now = px__now_ns();
   px__posts_drain(loop);
   px__timers_run(loop);
@@ -518,8 +513,8 @@ static int px__run(px_loop *loop, px_run_mode mode) {
     if (!px__alive(loop))
       return 0;
     bool block = mode == PX_RUN_DEFAULT || (mode == PX_RUN_ONCE && !ran);
-    int r = px__iterate(loop, block ? -1 : 0);
-    int n = px__dispatch(loop);
+    int r = px__iterate(loop, block ? -1 : 0, true);
+    int n = (int)loop->direct_ran + px__dispatch(loop);
     if (r < 0)
       return r;
     /* A wait that ended with no callback and no wakeup (a signal, EINTR)
@@ -578,7 +573,7 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
     /* Even with no time left, the kernel is asked once. */
     if (polled && left == 0)
       return 0;
-    int r = px__iterate(loop, left);
+    int r = px__iterate(loop, left, false);
     polled = true;
     if (r < 0)
       return r;
@@ -656,7 +651,7 @@ int px_loop_free(px_loop *loop) {
   PX__BK(loop)->cancel_all(loop);
   px__dispatch(loop);
   while (px__alive(loop)) {
-    int r = px__iterate(loop, 100000000);
+    int r = px__iterate(loop, 100000000, false);
     px__dispatch(loop);
     /* Ops the kernel still holds cannot be let go: report the failure and
      * keep the loop; a later px_loop_free finishes the job. */

@@ -196,8 +196,9 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
   op->off = 0;
   if (multi)
     op->when = 0; /* no deliveries waiting */
-  r = px__accept(loop, op,
-                 (uint16_t)(PX__F_STREAM | (multi ? PX__F_MULTI : 0)));
+  r = px__accept(
+      loop, op,
+      (uint16_t)(PX__F_STREAM | PX__F_KIND | (multi ? PX__F_MULTI : 0)));
   if (r < 0)
     return r;
   pool->ops++; /* until its last completion is popped */
@@ -257,7 +258,7 @@ static int px__handle_op(px_loop *loop, px_op *op, unsigned kind, px_fd fd,
 }
 
 int px_accept(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
-  return px__handle_op(loop, op, PX__OP_ACCEPT, fd, NULL, 0, cb, data);
+  return px__handle_op(loop, op, PX__OP_ACCEPT, fd, NULL, PX__F_KIND, cb, data);
 }
 
 int px_connect(px_loop *loop, px_op *op, px_fd fd, const px_addr *addr,
