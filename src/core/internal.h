@@ -211,10 +211,10 @@ struct px_loop {
   bool stop;
   bool closing;
   int depth; /* callbacks currently running */
-  /* px_run's wait is on (PX__DIRECT_*): a plain completion with nothing
-   * before it runs its callback from the backend's reaping loop, and
-   * direct_ran counts those callbacks for the iteration. */
-  uint8_t direct;
+  /* px_run's wait is on: a plain completion with nothing before it runs
+   * its callback from the backend's reaping loop (px__complete_direct),
+   * and direct_ran counts those callbacks for the iteration. */
+  bool direct;
   uint32_t direct_ran;
   uint64_t owner; /* px__thread_id of the first runner, 0 before */
 
@@ -330,26 +330,21 @@ static inline void px__op_done(px_loop *loop, px_op *op) {
   }
 }
 
-/* loop->direct: off; on with loop->now from before the wait; on with
- * loop->now read after it. */
-enum { PX__DIRECT_OFF, PX__DIRECT_STALE, PX__DIRECT_FRESH };
-
 /*
  * px__complete_plain, or straight to the callback: inside px_run's wait
  * (not px_wait's, which hands ops back), with no callback running and
  * nothing on the ready list, a plain completion would be the next op
  * dispatched anyway, so its trip through the list is skipped.  Its
- * handle's queues move on first, as they would.  The clock is read once
- * per wait, before the first such callback (a callback that starts a
- * timer measures from the end of the wait, as it would).  With a callback
- * running (a submit that reaps to make room in the queue), or something
- * on the list, the op joins the list: no callback runs inside a submit
- * call, and nothing overtakes what completed before it.
+ * handle's queues move on first, as they would.  (loop->now, older here,
+ * is the loop's own: timers and deadlines read the clock when started.)
+ * With a callback running (a submit that reaps to make room in the
+ * queue), or something on the list, the op joins the list: no callback
+ * runs inside a submit call, and nothing overtakes what completed before
+ * it.
  */
 static inline void px__complete_direct(px_loop *loop, px_op *op,
                                        int32_t result) {
-  if (loop->direct == PX__DIRECT_OFF || loop->depth != 0 ||
-      loop->ready.head != NULL) {
+  if (!loop->direct || loop->depth != 0 || loop->ready.head != NULL) {
     px__complete_plain(loop, op, result);
     return;
   }
@@ -357,10 +352,6 @@ static inline void px__complete_direct(px_loop *loop, px_op *op,
     px__handle_done(loop, op); /* reads op->flags: before px__op_done */
   op->result = result;
   px__op_done(loop, op);
-  if (loop->direct == PX__DIRECT_STALE) {
-    loop->now = px__now_ns();
-    loop->direct = PX__DIRECT_FRESH;
-  }
   loop->direct_ran++;
   if (op->cb != NULL) {
     loop->depth++;

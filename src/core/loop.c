@@ -463,9 +463,9 @@ static bool px__posts_waiting(px_loop *loop) {
 static int px__iterate(px_loop *loop, int64_t limit, bool direct) {
   loop->woken = false;
   loop->direct_ran = 0;
-  loop->direct = direct ? PX__DIRECT_STALE : PX__DIRECT_OFF;
+  loop->direct = direct;
   int r = PX__BK(loop)->poll(loop, px__poll_timeout(loop, limit));
-  loop->direct = PX__DIRECT_OFF;
+  loop->direct = false;
   loop->now = px__now_ns();
   px__posts_drain(loop);
   px__timers_run(loop);

@@ -432,6 +432,44 @@ void run_once_returns_after_dispatching_ready_completions(void **state) {
   finish(loop);
 }
 
+/* A completion that arrives during px_run(ONCE)'s wait, with nothing else
+ * ready, is that call's round of callbacks: it returns at once.  (On
+ * io_uring such a completion runs its callback from the reaping loop, not
+ * from the ready list.) */
+void run_once_returns_after_a_completion_that_came_while_waiting(void **state) {
+  px_loop *loop = new_loop();
+  px_fd sp[2];
+  px_op rop = {0}, t = {0}, c = {0};
+  rec rr = {0}, tr = {0}, cr = {0};
+  char buf[8];
+  (void)state;
+  socketpair_new(loop, sp);
+  assert_int_equal(px_recv(loop, &rop, sp[0], buf, sizeof(buf), rec_cb, &rr),
+                   0);
+  assert_int_equal(px_timeout(loop, &t, 60000, rec_cb, &tr), 0);
+  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1); /* the recv waits */
+  assert_int_equal(rr.calls, 0);
+  assert_int_equal(pt_raw_send(sp[1], "ab", 2), 2);
+  uint64_t t0 = pt_now_ms();
+  pt_wake_at(loop, t0 + 3000); /* bounds the wait if px_run waits on */
+  int rc = px_run(loop, PX_RUN_ONCE);
+  pt_wake_cancel();
+  uint64_t elapsed = pt_now_ms() - t0;
+  assert_int_equal(rc, 1);
+  assert_int_equal(rr.calls, 1);
+  assert_int_equal(rr.result, 2);
+  assert_memory_equal(buf, "ab", 2);
+  assert_int_equal(tr.calls, 0);
+  if (elapsed >= 1000)
+    fail_msg("px_run(ONCE) got the recv, then waited on %d ms", (int)elapsed);
+  assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, tr.calls == 1 && cr.calls == 1, 2000);
+  assert_int_equal(tr.result, PX_ECANCELED);
+  close_fd(loop, sp[0]);
+  close_fd(loop, sp[1]);
+  finish(loop);
+}
+
 /* A px_run(ONCE) that follows a wakeup, or a finished file read, waits for
  * the next event: nothing left over from the last one ends it early. */
 void run_once_after_a_wakeup_waits_for_the_timer(void **state) {
