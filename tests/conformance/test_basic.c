@@ -395,6 +395,29 @@ void op_handed_back_by_wait_can_be_resubmitted(void **state) {
   finish(loop);
 }
 
+/* The two tests below: a recv waiting on one end of a new socket pair,
+ * behind a timer of a minute, after one px_run(NOWAIT). */
+static void recv_waits_beside_a_long_timer(px_loop *loop, px_fd sp[2],
+                                           px_op *rop, rec *rr, char *buf,
+                                           size_t len, px_op *t, rec *tr) {
+  socketpair_new(loop, sp);
+  assert_int_equal(px_recv(loop, rop, sp[0], buf, len, rec_cb, rr), 0);
+  assert_int_equal(px_timeout(loop, t, 60000, rec_cb, tr), 0);
+  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
+  assert_int_equal(rr->calls, 0);
+}
+
+/* px_run(ONCE), its wait bounded by a wakeup after 3 s: its result, and
+ * the milliseconds it took in *elapsed. */
+static int run_once_bounded(px_loop *loop, uint64_t *elapsed) {
+  uint64_t t0 = pt_now_ms();
+  pt_wake_at(loop, t0 + 3000);
+  int rc = px_run(loop, PX_RUN_ONCE);
+  pt_wake_cancel();
+  *elapsed = pt_now_ms() - t0;
+  return rc;
+}
+
 /*
  * Completions that are ready when px_run(PX_RUN_ONCE) starts (a cancelled
  * timer completes at once) are dispatched and px_run returns: it does not
@@ -407,18 +430,11 @@ void run_once_returns_after_dispatching_ready_completions(void **state) {
   rec rr = {0}, tr = {0}, cr = {0};
   char buf[8];
   (void)state;
-  socketpair_new(loop, sp);
-  assert_int_equal(px_recv(loop, &rop, sp[0], buf, sizeof(buf), rec_cb, &rr),
-                   0);
-  assert_int_equal(px_timeout(loop, &t, 60000, rec_cb, &tr), 0);
-  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
+  recv_waits_beside_a_long_timer(loop, sp, &rop, &rr, buf, sizeof(buf), &t,
+                                 &tr);
   assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
-  uint64_t t0 = pt_now_ms();
-  pt_wake_at(loop, t0 + 3000); /* bounds the wait if px_run blocks */
-  int rc = px_run(loop, PX_RUN_ONCE);
-  pt_wake_cancel();
-  uint64_t elapsed = pt_now_ms() - t0;
-  assert_int_equal(rc, 1);
+  uint64_t elapsed;
+  assert_int_equal(run_once_bounded(loop, &elapsed), 1);
   assert_int_equal(tr.calls, 1);
   assert_int_equal(cr.calls, 1);
   if (elapsed >= 1000)
@@ -443,19 +459,11 @@ void run_once_returns_after_a_completion_that_came_while_waiting(void **state) {
   rec rr = {0}, tr = {0}, cr = {0};
   char buf[8];
   (void)state;
-  socketpair_new(loop, sp);
-  assert_int_equal(px_recv(loop, &rop, sp[0], buf, sizeof(buf), rec_cb, &rr),
-                   0);
-  assert_int_equal(px_timeout(loop, &t, 60000, rec_cb, &tr), 0);
-  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1); /* the recv waits */
-  assert_int_equal(rr.calls, 0);
+  recv_waits_beside_a_long_timer(loop, sp, &rop, &rr, buf, sizeof(buf), &t,
+                                 &tr);
   assert_int_equal(pt_raw_send(sp[1], "ab", 2), 2);
-  uint64_t t0 = pt_now_ms();
-  pt_wake_at(loop, t0 + 3000); /* bounds the wait if px_run waits on */
-  int rc = px_run(loop, PX_RUN_ONCE);
-  pt_wake_cancel();
-  uint64_t elapsed = pt_now_ms() - t0;
-  assert_int_equal(rc, 1);
+  uint64_t elapsed;
+  assert_int_equal(run_once_bounded(loop, &elapsed), 1);
   assert_int_equal(rr.calls, 1);
   assert_int_equal(rr.result, 2);
   assert_memory_equal(buf, "ab", 2);
