@@ -25,14 +25,18 @@
  *   did not fit and io_uring_enter may answer EBUSY until they are reaped;
  *   the reaper drains and asks for events again while the ring reports an
  *   overflow, so nothing is lost however small the CQ.
- * - Reaping copies each CQE out and advances the CQ before dispatching it,
- *   because handling a completion may start the next op of the handle.
+ * - Reaping copies each CQE out and advances the CQ before handling it,
+ *   because handling a completion may start the next op of the handle, and
+ *   inside px_run's wait a plain completion with nothing before it runs its
+ *   callback right there (the core's px__complete_direct), which may submit
+ *   anything.
  * - The per-op path reads the rings itself (px__sq_space, px__sqe_take,
  *   px__reap): liburing's helpers less their tests of SQPOLL, SQE128 and
- *   CQE32, flags px never sets.  An op that is not pooled and not a write()
- *   to a pipe or socket takes a leaf-function path through submit, and one
- *   with no deadline through reap; everything else goes the long way
- *   (px__submit_slow, px__cqe_slow).
+ *   CQE32, flags px never sets.  An op that is not pooled, not an accept,
+ *   not a write() to a pipe or socket and not on an O_DIRECT file takes a
+ *   leaf-function path through submit, and one with no deadline through
+ *   reap; everything else goes the long way (px__submit_slow,
+ *   px__cqe_slow).
  * - Deadlines come from the core's timer heap (no PX_CAP_KERNEL_DEADLINE):
  *   when one passes, the core asks cancel() and the op's -ECANCELED becomes
  *   PX_ETIMEDOUT there.  Linked timeouts (IORING_OP_LINK_TIMEOUT) did this
@@ -796,11 +800,21 @@ static void px__reap(px_loop *loop, px__uring *u) {
       px__cqe(loop, u, ud, res, flags);
       head = IO_URING_READ_ONCE(*cq->khead);
     } while ((int)(tail - head) > 0);
+    /* Callbacks straight from here only for the CQEs there when the reap
+     * began: those their submits bring (an eager op, an enter to make room
+     * in the SQ, an inline completion) go to the ready list, so that
+     * callbacks that keep bringing more cannot hold the loop here. */
+    loop->direct = false;
   }
 }
 
 static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   px__uring *u = px__u(loop);
+  /* Callbacks run from a reaping loop (px__complete_direct) only in the
+   * reap after the wait: the cancel scan and the overflow flush may reap
+   * too, before the guard below covers what a callback may submit. */
+  bool direct = loop->direct;
+  loop->direct = false;
   int r = px__enable(u);
   if (r < 0)
     return r;
@@ -813,7 +827,9 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   if (r < 0)
     return r;
   px__guard_take(u); /* the flush may have started more */
-  if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0) {
+  /* Completions the flush reaped wait on the ready list: no blocking. */
+  if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0 ||
+      loop->ready.head != NULL) {
     r = io_uring_submit_and_get_events(&u->ring);
   } else {
     struct __kernel_timespec ts, *tp = NULL;
@@ -834,6 +850,7 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
     return PX_EBUSY;
   if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
     return px__errno(-r);
+  loop->direct = direct;
   px__reap(loop, u);
   return 0;
 }

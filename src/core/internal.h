@@ -335,12 +335,13 @@ static inline void px__op_done(px_loop *loop, px_op *op) {
  * (not px_wait's, which hands ops back), with no callback running and
  * nothing on the ready list, a plain completion would be the next op
  * dispatched anyway, so its trip through the list is skipped.  Its
- * handle's queues move on first, as they would.  (loop->now, older here,
- * is the loop's own: timers and deadlines read the clock when started.)
- * With a callback running (a submit that reaps to make room in the
- * queue), or something on the list, the op joins the list: no callback
- * runs inside a submit call, and nothing overtakes what completed before
- * it.
+ * handle's queues move on first, as they would.  Before the first such
+ * callback of an iteration the clock is read into loop->now, which
+ * px__iterate then keeps (see there).  With a callback running (a submit
+ * that reaps to make room in the queue), or something on the list, the op
+ * joins the list: no callback runs inside a submit call, and nothing
+ * overtakes what completed before it.  The backend calls this only from
+ * the reap that follows its wait, for the CQEs there when it began.
  */
 static inline void px__complete_direct(px_loop *loop, px_op *op,
                                        int32_t result) {
@@ -352,7 +353,8 @@ static inline void px__complete_direct(px_loop *loop, px_op *op,
     px__handle_done(loop, op); /* reads op->flags: before px__op_done */
   op->result = result;
   px__op_done(loop, op);
-  loop->direct_ran++;
+  if (loop->direct_ran++ == 0)
+    loop->now = px__now_ns();
   if (op->cb != NULL) {
     loop->depth++;
     op->cb(loop, op);

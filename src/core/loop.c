@@ -280,9 +280,10 @@ void px__complete_buf(px_loop *loop, px_op *op, int32_t result, void *buf) {
 
 /* ---- Timers. ----------------------------------------------------------- */
 
+/* Due: expiry before loop->now, strictly, as px__iterate wants. */
 static void px__timers_run(px_loop *loop) {
   px_op *op;
-  while ((op = px__heap_top(loop)) != NULL && op->when <= loop->now) {
+  while ((op = px__heap_top(loop)) != NULL && op->when < loop->now) {
     px__heap_remove(loop, op);
     if (op->kind == PX__OP_TIMEOUT) {
       px__ready_push(loop, op, 0);
@@ -466,7 +467,12 @@ static int px__iterate(px_loop *loop, int64_t limit, bool direct) {
   loop->direct = direct;
   int r = PX__BK(loop)->poll(loop, px__poll_timeout(loop, limit));
   loop->direct = false;
-  loop->now = px__now_ns();
+  /* After callbacks from the reaping loop, loop->now stays the time read
+   * before the first of them (px__complete_direct): what they started is
+   * not due in this iteration's px__timers_run, so a deadline they set
+   * never fires before the kernel was asked once. */
+  if (loop->direct_ran == 0)
+    loop->now = px__now_ns();
   px__posts_drain(loop);
   px__timers_run(loop);
   return r;

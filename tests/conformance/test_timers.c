@@ -272,6 +272,51 @@ void zero_deadline_recv_times_out_and_the_socket_still_reads(void **state) {
   finish(loop);
 }
 
+/* From a callback, with the submission queue full: a burst of nops, then
+ * a recv with a zero deadline on a socket whose data is already there.  A
+ * zero deadline means "only if it can complete at once", and the kernel is
+ * asked once first, so the recv gets the data.  (On io_uring, with a queue
+ * of 4, the recv waits on the backend's overflow list; the callback runs
+ * from the reaping loop, and its deadline must not be judged in the same
+ * iteration, before the recv ever reached the kernel.) */
+enum { BURST = 8 };
+typedef struct burst {
+  px_fd fd;
+  px_op nops[BURST], rop;
+  rec nr, rr;
+  char buf[16];
+} burst;
+
+static void burst_then_zero_deadline_recv_cb(px_loop *loop, px_op *op) {
+  burst *b = op->data;
+  for (int i = 0; i < BURST; i++)
+    assert_int_equal(px_nop(loop, &b->nops[i], rec_cb, &b->nr), 0);
+  assert_int_equal(px_op_deadline(&b->rop, 0), 0);
+  assert_int_equal(
+      px_recv(loop, &b->rop, b->fd, b->buf, sizeof(b->buf), rec_cb, &b->rr), 0);
+}
+
+void zero_deadline_recv_from_a_callback_behind_a_full_queue_gets_the_data(
+    void **state) {
+  px_loop *loop = new_loop_entries(4);
+  px_fd sp[2];
+  px_op first = {0};
+  static burst b;
+  (void)state;
+  memset(&b, 0, sizeof(b));
+  socketpair_new(loop, sp);
+  b.fd = sp[0];
+  assert_int_equal(pt_raw_send(sp[1], "data", 4), 4);
+  assert_int_equal(px_nop(loop, &first, burst_then_zero_deadline_recv_cb, &b),
+                   0);
+  RUN_UNTIL(loop, b.rr.calls == 1 && b.nr.calls == BURST, 2000);
+  assert_int_equal(b.rr.result, 4);
+  assert_memory_equal(b.buf, "data", 4);
+  close_fd(loop, sp[0]);
+  close_fd(loop, sp[1]);
+  finish(loop);
+}
+
 static uint64_t g_busy_until;
 
 /* A callback that computes for a while (it does not wait for anything). */
