@@ -515,6 +515,9 @@ static int px__ovf_flush(px_loop *loop, px__uring *u) {
       px__ovf_pop(u);
       continue;
     }
+    /* A reap below may have started a queued write() that can raise
+     * SIGPIPE (the next op of a handle): guarded before it goes in. */
+    px__guard_take(u);
     int r = io_uring_submit(&u->ring);
     if (r == -EBUSY || r == -EAGAIN || r == 0) {
       px__reap(loop, u);
@@ -827,9 +830,9 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   if (r < 0)
     return r;
   px__guard_take(u); /* the flush may have started more */
-  /* Completions the flush reaped wait on the ready list: no blocking. */
+  /* Completions or a wakeup the flush reaped: no blocking. */
   if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0 ||
-      loop->ready.head != NULL) {
+      loop->ready.head != NULL || loop->woken) {
     r = io_uring_submit_and_get_events(&u->ring);
   } else {
     struct __kernel_timespec ts, *tp = NULL;

@@ -203,7 +203,7 @@ struct px_loop {
   size_t nfds;    /* entries in use (zeroed or known) */
   size_t fds_cap; /* entries allocated */
 
-  bool woken; /* a wakeup arrived this iteration */
+  bool woken; /* a wakeup arrived and was not reported yet (px__iterate) */
 
   px_bufpool *pools;      /* made for this loop, not freed yet */
   px_acceptor *acceptors; /* started on this loop, not ended yet */

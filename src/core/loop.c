@@ -303,7 +303,8 @@ static int64_t px__poll_timeout(px_loop *loop, int64_t limit) {
     return 0;
   px_op *top = px__heap_top(loop);
   if (top != NULL) {
-    int64_t t = top->when - loop->now;
+    /* The clock now: loop->now may be older by a round of callbacks. */
+    int64_t t = top->when - px__now_ns();
     if (t < 0)
       t = 0;
     if (limit < 0 || t < limit)
@@ -461,11 +462,15 @@ static bool px__posts_waiting(px_loop *loop) {
 
 /* direct: px_run's iteration, whose plain completions may go straight to
  * their callbacks (px__complete_direct). */
+/* A wakeup acknowledged outside a wait (by a reap inside a submit call)
+ * leaves loop->woken set: the next wait does not block, and is the one
+ * that reports it.  Whoever looks at loop->woken after an iteration
+ * clears it. */
 static int px__iterate(px_loop *loop, int64_t limit, bool direct) {
-  loop->woken = false;
   loop->direct_ran = 0;
   loop->direct = direct;
-  int r = PX__BK(loop)->poll(loop, px__poll_timeout(loop, limit));
+  int64_t timeout = loop->woken ? 0 : px__poll_timeout(loop, limit);
+  int r = PX__BK(loop)->poll(loop, timeout);
   loop->direct = false;
   /* After callbacks from the reaping loop, loop->now stays the time read
    * before the first of them (px__complete_direct): what they started is
@@ -520,12 +525,14 @@ static int px__run(px_loop *loop, px_run_mode mode) {
       return 0;
     bool block = mode == PX_RUN_DEFAULT || (mode == PX_RUN_ONCE && !ran);
     int r = px__iterate(loop, block ? -1 : 0, true);
+    bool woken = loop->woken;
+    loop->woken = false;
     int n = (int)loop->direct_ran + px__dispatch(loop);
     if (r < 0)
       return r;
     /* A wait that ended with no callback and no wakeup (a signal, EINTR)
      * is not what ONCE waits for: wait again, as px_wait does. */
-    if (mode == PX_RUN_ONCE && block && n == 0 && !loop->woken)
+    if (mode == PX_RUN_ONCE && block && n == 0 && !woken)
       continue;
     if (mode != PX_RUN_DEFAULT)
       return px__alive(loop) ? 1 : 0;
@@ -547,7 +554,6 @@ void px_stop(px_loop *loop) {
 
 static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
   loop->now = px__now_ns();
-  loop->woken = false;
   int64_t end = loop->now + (int64_t)timeout_ms * 1000000;
   px__posts_drain(loop);
   bool polled = false;
@@ -571,8 +577,10 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
       if (loop->ready.tail == NULL)
         loop->ready.tail = again.tail;
     }
-    if (n > 0 || loop->woken)
+    if (n > 0 || loop->woken) {
+      loop->woken = false;
       return n;
+    }
     int64_t left = timeout_ms < 0 ? -1 : end - loop->now;
     if (timeout_ms >= 0 && left < 0)
       left = 0;
@@ -658,6 +666,7 @@ int px_loop_free(px_loop *loop) {
   px__dispatch(loop);
   while (px__alive(loop)) {
     int r = px__iterate(loop, 100000000, false);
+    loop->woken = false; /* nothing here waits for a wakeup */
     px__dispatch(loop);
     /* Ops the kernel still holds cannot be let go: report the failure and
      * keep the loop; a later px_loop_free finishes the job. */

@@ -317,6 +317,41 @@ void zero_deadline_recv_from_a_callback_behind_a_full_queue_gets_the_data(
   finish(loop);
 }
 
+/* A timer started at the end of a long callback, under px_run(DEFAULT):
+ * the loop's wait for it counts from the clock, not from the time read
+ * before the callback ran (which made it fire the callback's length
+ * late). */
+enum { LONG_CB_MS = 400, AFTER_MS = 50 };
+typedef struct late {
+  px_op t;
+  rec r;
+  uint64_t started_ms;
+} late;
+
+static void compute_then_start_timer_cb(px_loop *loop, px_op *op) {
+  late *l = op->data;
+  uint64_t until = pt_now_ms() + LONG_CB_MS;
+  while (pt_now_ms() < until)
+    ;
+  l->started_ms = pt_now_ms();
+  assert_int_equal(px_timeout(loop, &l->t, AFTER_MS, rec_cb, &l->r), 0);
+}
+
+void timer_started_at_the_end_of_a_long_callback_fires_on_time(void **state) {
+  px_loop *loop = new_loop();
+  px_op first = {0};
+  late l = {0};
+  (void)state;
+  assert_int_equal(px_nop(loop, &first, compute_then_start_timer_cb, &l), 0);
+  assert_int_equal(px_run(loop, PX_RUN_DEFAULT), 0); /* nothing left */
+  assert_int_equal(l.r.calls, 1);
+  uint64_t after = l.r.at_ms - l.started_ms;
+  if (after < AFTER_MS || after >= AFTER_MS + LONG_CB_MS / 2)
+    fail_msg("a %d ms timer started after a %d ms callback fired after %d ms",
+             AFTER_MS, LONG_CB_MS, (int)after);
+  finish(loop);
+}
+
 static uint64_t g_busy_until;
 
 /* A callback that computes for a while (it does not wait for anything). */
