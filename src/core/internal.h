@@ -330,6 +330,15 @@ static inline void px__op_done(px_loop *loop, px_op *op) {
   }
 }
 
+/* Runs op's callback, if it has one; depth > 0 meanwhile. */
+static inline void px__run_cb(px_loop *loop, px_op *op) {
+  if (op->cb != NULL) {
+    loop->depth++;
+    op->cb(loop, op);
+    loop->depth--;
+  }
+}
+
 /*
  * px__complete_plain, or straight to the callback: inside px_run's wait
  * (not px_wait's, which hands ops back), with no callback running and
@@ -355,11 +364,7 @@ static inline void px__complete_direct(px_loop *loop, px_op *op,
   px__op_done(loop, op);
   if (loop->direct_ran++ == 0)
     loop->now = px__now_ns();
-  if (op->cb != NULL) {
-    loop->depth++;
-    op->cb(loop, op);
-    loop->depth--;
-  }
+  px__run_cb(loop, op);
 }
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
 /* acceptor.c: px_loop_free stops the loop's acceptors (each goes once

@@ -114,11 +114,7 @@ static int px__dispatch(px_loop *loop) {
   while ((op = px__ready_pop(loop)) != NULL) {
     n++;
     bool more = op->flags & PX__F_MORE;
-    if (op->cb != NULL) {
-      loop->depth++;
-      op->cb(loop, op);
-      loop->depth--;
-    }
+    px__run_cb(loop, op);
     if (more && px__multi_pending(op) && !(op->flags & PX__F_INREADY)) {
       op->flags |= PX__F_INREADY;
       px__fifo_push_front(&loop->ready, op);
@@ -460,9 +456,9 @@ static bool px__posts_waiting(px_loop *loop) {
 
 /* ---- One iteration. ---------------------------------------------------- */
 
-/* direct: px_run's iteration, whose plain completions may go straight to
- * their callbacks (px__complete_direct). */
-/* A wakeup acknowledged outside a wait (by a reap inside a submit call)
+/* One wait and what follows it.  direct: px_run's iteration, whose plain
+ * completions may go straight to their callbacks (px__complete_direct).
+ * A wakeup acknowledged outside a wait (by a reap inside a submit call)
  * leaves loop->woken set: the next wait does not block, and is the one
  * that reports it.  Whoever looks at loop->woken after an iteration
  * clears it. */

@@ -396,15 +396,26 @@ void op_handed_back_by_wait_can_be_resubmitted(void **state) {
 }
 
 /* The two tests below: a recv waiting on one end of a new socket pair,
- * behind a timer of a minute, after one px_run(NOWAIT). */
-static void recv_waits_beside_a_long_timer(px_loop *loop, px_fd sp[2],
-                                           px_op *rop, rec *rr, char *buf,
-                                           size_t len, px_op *t, rec *tr) {
-  socketpair_new(loop, sp);
-  assert_int_equal(px_recv(loop, rop, sp[0], buf, len, rec_cb, rr), 0);
-  assert_int_equal(px_timeout(loop, t, 60000, rec_cb, tr), 0);
-  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
-  assert_int_equal(rr->calls, 0);
+ * behind a timer of a minute, after one px_run(NOWAIT); c is a spare op
+ * for cancels and closes. */
+typedef struct once_fx {
+  px_loop *loop;
+  px_fd sp[2];
+  px_op rop, t, c;
+  rec rr, tr, cr;
+  char buf[8];
+} once_fx;
+
+static void recv_waits_beside_a_long_timer(once_fx *f) {
+  memset(f, 0, sizeof(*f));
+  f->loop = new_loop();
+  socketpair_new(f->loop, f->sp);
+  assert_int_equal(px_recv(f->loop, &f->rop, f->sp[0], f->buf, sizeof(f->buf),
+                           rec_cb, &f->rr),
+                   0);
+  assert_int_equal(px_timeout(f->loop, &f->t, 60000, rec_cb, &f->tr), 0);
+  assert_int_equal(px_run(f->loop, PX_RUN_NOWAIT), 1);
+  assert_int_equal(f->rr.calls, 0);
 }
 
 /* px_run(ONCE), its wait bounded by a wakeup after 3 s: its result, and
@@ -424,28 +435,23 @@ static int run_once_bounded(px_loop *loop, uint64_t *elapsed) {
  * go on to wait for something else.  A pending recv keeps the loop alive.
  */
 void run_once_returns_after_dispatching_ready_completions(void **state) {
-  px_loop *loop = new_loop();
-  px_fd sp[2];
-  px_op rop = {0}, t = {0}, c = {0};
-  rec rr = {0}, tr = {0}, cr = {0};
-  char buf[8];
+  once_fx f;
   (void)state;
-  recv_waits_beside_a_long_timer(loop, sp, &rop, &rr, buf, sizeof(buf), &t,
-                                 &tr);
-  assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
+  recv_waits_beside_a_long_timer(&f);
+  assert_int_equal(px_cancel(f.loop, &f.c, &f.t, rec_cb, &f.cr), 0);
   uint64_t elapsed;
-  assert_int_equal(run_once_bounded(loop, &elapsed), 1);
-  assert_int_equal(tr.calls, 1);
-  assert_int_equal(cr.calls, 1);
+  assert_int_equal(run_once_bounded(f.loop, &elapsed), 1);
+  assert_int_equal(f.tr.calls, 1);
+  assert_int_equal(f.cr.calls, 1);
   if (elapsed >= 1000)
     fail_msg("px_run(ONCE) ran the ready callbacks, then blocked %d ms",
              (int)elapsed);
-  assert_int_equal(rr.calls, 0);
-  assert_int_equal(px_close(loop, &c, sp[0], rec_cb, &cr), 0);
-  RUN_UNTIL(loop, rr.calls == 1 && cr.calls == 2, 2000);
-  assert_int_equal(rr.result, PX_ECANCELED);
-  close_fd(loop, sp[1]);
-  finish(loop);
+  assert_int_equal(f.rr.calls, 0);
+  assert_int_equal(px_close(f.loop, &f.c, f.sp[0], rec_cb, &f.cr), 0);
+  RUN_UNTIL(f.loop, f.rr.calls == 1 && f.cr.calls == 2, 2000);
+  assert_int_equal(f.rr.result, PX_ECANCELED);
+  close_fd(f.loop, f.sp[1]);
+  finish(f.loop);
 }
 
 /* A completion that arrives during px_run(ONCE)'s wait, with nothing else
@@ -453,29 +459,24 @@ void run_once_returns_after_dispatching_ready_completions(void **state) {
  * io_uring such a completion runs its callback from the reaping loop, not
  * from the ready list.) */
 void run_once_returns_after_a_completion_that_came_while_waiting(void **state) {
-  px_loop *loop = new_loop();
-  px_fd sp[2];
-  px_op rop = {0}, t = {0}, c = {0};
-  rec rr = {0}, tr = {0}, cr = {0};
-  char buf[8];
+  once_fx f;
   (void)state;
-  recv_waits_beside_a_long_timer(loop, sp, &rop, &rr, buf, sizeof(buf), &t,
-                                 &tr);
-  assert_int_equal(pt_raw_send(sp[1], "ab", 2), 2);
+  recv_waits_beside_a_long_timer(&f);
+  assert_int_equal(pt_raw_send(f.sp[1], "ab", 2), 2);
   uint64_t elapsed;
-  assert_int_equal(run_once_bounded(loop, &elapsed), 1);
-  assert_int_equal(rr.calls, 1);
-  assert_int_equal(rr.result, 2);
-  assert_memory_equal(buf, "ab", 2);
-  assert_int_equal(tr.calls, 0);
+  assert_int_equal(run_once_bounded(f.loop, &elapsed), 1);
+  assert_int_equal(f.rr.calls, 1);
+  assert_int_equal(f.rr.result, 2);
+  assert_memory_equal(f.buf, "ab", 2);
+  assert_int_equal(f.tr.calls, 0);
   if (elapsed >= 1000)
     fail_msg("px_run(ONCE) got the recv, then waited on %d ms", (int)elapsed);
-  assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
-  RUN_UNTIL(loop, tr.calls == 1 && cr.calls == 1, 2000);
-  assert_int_equal(tr.result, PX_ECANCELED);
-  close_fd(loop, sp[0]);
-  close_fd(loop, sp[1]);
-  finish(loop);
+  assert_int_equal(px_cancel(f.loop, &f.c, &f.t, rec_cb, &f.cr), 0);
+  RUN_UNTIL(f.loop, f.tr.calls == 1 && f.cr.calls == 1, 2000);
+  assert_int_equal(f.tr.result, PX_ECANCELED);
+  close_fd(f.loop, f.sp[0]);
+  close_fd(f.loop, f.sp[1]);
+  finish(f.loop);
 }
 
 /* A px_run(ONCE) that follows a wakeup, or a finished file read, waits for
