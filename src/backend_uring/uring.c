@@ -866,6 +866,18 @@ static void px__uring_wakeup(px_loop *loop) {
   } while (n < 0 && errno == EINTR);
 }
 
+/* From a callback: the rest of the wait's CQEs (those after a callback run
+ * straight from the reap), and any that came since, go to the ready list:
+ * depth > 0, so px__complete_direct runs nothing.  The reap that ran the
+ * callback reads the head back and carries on after them. */
+static void px__uring_settle(px_loop *loop) {
+  px__uring *u = px__u(loop);
+  if (!u->enabled)
+    return;
+  px__guard_take(u); /* the reap may enter the kernel (CQ overflow) */
+  px__reap(loop, u);
+}
+
 static void px__uring_run_end(px_loop *loop) {
   px__uring *u = px__u(loop);
   /* With DEFER_TASKRUN a started write can raise SIGPIPE only inside an
@@ -1029,6 +1041,7 @@ const px__backend px__backend_uring = {
     .poll = px__uring_poll,
     .wakeup = px__uring_wakeup,
     .run_end = px__uring_run_end,
+    .settle = px__uring_settle,
     .buf_returned = px__uring_buf_returned,
     .pool_release = px__uring_pool_release,
 };

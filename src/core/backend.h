@@ -74,6 +74,13 @@ typedef struct px__backend {
   /* Optional (may be NULL): px_run or px_wait is about to return to the
    * program; per-thread state held across polls can be let go. */
   void (*run_end)(px_loop *loop);
+  /* Optional (may be NULL): called from inside a callback, reports the
+   * completions that have arrived and were not reported yet (px__complete
+   * puts them on the ready list; no callback runs).  For a backend that
+   * may run a callback before it reported the rest of its wait's
+   * completions (px__complete_direct), so that px_fd_close and
+   * px_fd_release count those ops as finished, as other backends do. */
+  void (*settle)(px_loop *loop);
 
   /* Pools (both optional, may be NULL).  buf_returned: buffer i of pool
    * (tagged out) is free again, released by the program or by a delivery

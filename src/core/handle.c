@@ -34,12 +34,28 @@ static bool px__fd_busy(const px__fdent *e) {
   return e->started || e->closing || e->waiting[0].tail || e->waiting[1].tail;
 }
 
+/* fd's entry, NULL if unknown; busy: ops on it are in flight.  Inside a
+ * callback, ops whose completions have arrived count as finished: the
+ * backend reports those first (io_uring may run a callback before the rest
+ * of the same wait's completions were reaped). */
+static px__fdent *px__fd_settled(px_loop *loop, px_fd fd, bool *busy) {
+  px__fdent *e = px__fd_get(loop, fd);
+  if (e != NULL && e->started && loop->depth > 0 &&
+      PX__BK(loop)->settle != NULL) {
+    PX__BK(loop)->settle(loop);
+    e = px__fd_get(loop, fd);
+  }
+  *busy = e != NULL && px__fd_busy(e);
+  return e;
+}
+
 int px_fd_close(px_loop *loop, px_fd fd) {
   if (fd < 0)
     return PX_EBADF;
   if (loop != NULL) {
-    px__fdent *e = px__fd_get(loop, fd);
-    if (e != NULL && px__fd_busy(e))
+    bool busy;
+    px__fdent *e = px__fd_settled(loop, fd, &busy);
+    if (busy)
       return PX_EBUSY;
     if (e != NULL && PX__BK(loop)->release != NULL)
       PX__BK(loop)->release(loop, fd);
@@ -51,10 +67,11 @@ int px_fd_close(px_loop *loop, px_fd fd) {
 int px_fd_release(px_loop *loop, px_fd fd) {
   if (loop == NULL)
     return PX_EINVAL;
-  px__fdent *e = px__fd_get(loop, fd);
+  bool busy;
+  px__fdent *e = px__fd_settled(loop, fd, &busy);
   if (e == NULL)
     return PX_EBADF;
-  if (px__fd_busy(e))
+  if (busy)
     return PX_EBUSY;
 #ifdef _WIN32
   return PX_EOPNOTSUPP; /* a completion port keeps a handle for good */

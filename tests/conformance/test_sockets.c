@@ -796,6 +796,54 @@ void fd_close_with_ops_in_flight_is_refused_with_ebusy(void **state) {
   finish(loop);
 }
 
+/* Two ops on one socket, a recv with its data already there and a send
+ * with room, finish in the same wait; the first callback closes the
+ * handle.  The other op has finished too, so the close is not refused
+ * (io_uring runs a callback before it reaped the rest of the wait's
+ * completions: px_fd_close takes them first), and the other callback
+ * still runs with its own result. */
+typedef struct close_first {
+  px_op ops[2]; /* recv, send */
+  px_fd fd;
+  int calls, close_r;
+  int32_t results[2];
+} close_first;
+
+static void close_first_done(px_loop *loop, px_op *op) {
+  close_first *c = op->data;
+  c->results[op == &c->ops[0] ? 0 : 1] = op->result;
+  if (c->calls++ == 0)
+    c->close_r = px_fd_close(loop, c->fd);
+}
+
+void fd_close_in_a_callback_counts_ops_finished_in_the_same_wait(void **state) {
+  px_loop *loop = new_loop();
+  px_fd sp[2];
+  char in[8], out[4] = "pong";
+  close_first c = {.close_r = 1};
+  (void)state;
+  socketpair_new(loop, sp);
+  c.fd = sp[0];
+  assert_int_equal(sync_send(loop, sp[1], "ping", 4), 4);
+  assert_int_equal(
+      px_recv(loop, &c.ops[0], sp[0], in, sizeof(in), close_first_done, &c), 0);
+  assert_int_equal(
+      px_send(loop, &c.ops[1], sp[0], out, sizeof(out), close_first_done, &c),
+      0);
+  RUN_UNTIL(loop, c.calls == 2, 2000);
+  assert_int_equal(c.close_r, 0);
+  assert_int_equal(c.results[0], 4);
+  assert_memory_equal(in, "ping", 4);
+  assert_int_equal(c.results[1], 4);
+  /* The peer gets the send, then end of file: the handle is closed. */
+  char got[8];
+  assert_int_equal(sync_recv(loop, sp[1], got, sizeof(got)), 4);
+  assert_memory_equal(got, "pong", 4);
+  assert_int_equal(sync_recv(loop, sp[1], got, sizeof(got)), 0);
+  close_fd(loop, sp[1]);
+  finish(loop);
+}
+
 void adopted_handle_is_usable_by_the_loop(void **state) {
   px_loop *loop = new_loop();
   px_fd sp[2];
