@@ -715,17 +715,6 @@ int px__aio_submit(px_loop *loop, px__pa *pa, px_op *op) {
   return 0;
 }
 
-/* Moves the handle's position past what an op at PX_CUR moved. */
-static void px__pos_advance(px_op *op, int64_t moved) {
-  int fd = (int)op->fd;
-  bool write = op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV;
-  int fl = write ? fcntl(fd, F_GETFL) : 0;
-  if (fl >= 0 && (fl & O_APPEND))
-    lseek(fd, 0, SEEK_END);
-  else
-    lseek(fd, (off_t)(px__pa_op(op)->pos + moved), SEEK_SET);
-}
-
 /* op comes back from the thread (or out of its queue) with res. */
 static void px__aio_complete(px_loop *loop, px__pa *pa, px_op *op,
                              int32_t res) {
@@ -741,7 +730,9 @@ static void px__aio_complete(px_loop *loop, px__pa *pa, px_op *op,
   }
   po->where = PX__W_NONE;
   if (op->off == PX_CUR && op->kind != PX__OP_FSYNC && res > 0)
-    px__pos_advance(op, res);
+    px__os_pos_advance(op->fd,
+                       op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV,
+                       po->pos, res);
   px__complete(loop, op, res);
 }
 

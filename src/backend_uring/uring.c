@@ -63,6 +63,13 @@
  *   syscalls per px_run call, not per op.
  * - io_uring does not order two requests on one socket; the core queues
  *   stream ops so that at most one per direction reaches this file.
+ * - Offset -1 (PX_CUR) reads and moves the file position only for a
+ *   request that completes inside the call: a direct (O_DIRECT) read the
+ *   device completes later leaves it where it was.  Ops at PX_CUR on a
+ *   handle opened for direct I/O (PX__F_CURPOS) start at the position read
+ *   with lseek and move it when they complete (px__os_pos_advance), as
+ *   read(2) and write(2) would.  A read and a write at PX_CUR in flight
+ *   together both start from the same position, as the kernel's would.
  * - Unavailable io_uring.  Docker's default seccomp profile and
  *   kernel.io_uring_disabled make io_uring_setup fail with EPERM, kernels
  *   built without it with ENOSYS; init then fails with that code and a loop
@@ -130,6 +137,7 @@ typedef struct PX__MAY_ALIAS px__uop {
   uint32_t bid; /* a pooled receive's buffer + 1, or 0 */
   uint8_t on_ovf;
   uint8_t stop; /* a cancel was asked for */
+  int64_t pos;  /* PX__F_CURPOS: the file position when the op started */
 } px__uop;
 
 _Static_assert(sizeof(px__uop) <= sizeof(((px_op *)0)->backend),
@@ -371,8 +379,11 @@ static void *px__ubr_take(px_bufpool *p, uint32_t flags, int32_t res) {
 
 /* ---- Ops into SQEs. ---------------------------------------------------- */
 
-static uint64_t px__off(const px_op *op) {
-  return op->off == PX_CUR ? (uint64_t)-1 : (uint64_t)op->off;
+static uint64_t px__off(px_op *op) {
+  if (op->off != PX_CUR)
+    return (uint64_t)op->off;
+  return (op->flags & PX__F_CURPOS) ? (uint64_t)px__uop_of(op)->pos
+                                    : (uint64_t)-1;
 }
 
 static PX__INLINE void px__prep_kind(struct io_uring_sqe *sqe, px_op *op) {
@@ -565,6 +576,12 @@ static PX__NOINLINE int px__submit_slow(px__uring *u, px_op *op) {
     if (r < 0)
       return r;
   }
+  if (op->flags & PX__F_CURPOS) { /* see the notes on top */
+    off_t pos = lseek((int)op->fd, 0, SEEK_CUR);
+    if (pos < 0)
+      return px__errno(errno);
+    px__uop_of(op)->pos = pos;
+  }
   u->stream_writes += px__may_sigpipe(op);
   if (u->ovf.head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
@@ -752,6 +769,11 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
     op->off = res;
     res = 0;
   }
+  /* io_uring moved no position for it: see the notes on top. */
+  if ((op->flags & PX__F_CURPOS) && res > 0)
+    px__os_pos_advance(op->fd,
+                       op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV,
+                       uo->pos, res);
   px__complete(loop, op, res);
 }
 
@@ -766,7 +788,7 @@ static inline void px__cqe(px_loop *loop, px__uring *u, uint64_t ud,
                            int32_t res, uint32_t flags) {
   px_op *op = (px_op *)(uintptr_t)ud;
   if ((ud & PX__UD_TAGS) == PX__UD_OP && res >= 0 &&
-      !(op->flags & PX__F_SIGPIPE) && px__is_plain(op)) {
+      !(op->flags & (PX__F_SIGPIPE | PX__F_CURPOS)) && px__is_plain(op)) {
     px__complete_direct(loop, op, res);
     return;
   }

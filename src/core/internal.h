@@ -72,7 +72,11 @@ enum px__flag {
   /* A kind that completes its own way: an accept registers the handle it
    * got, a pooled receive hands over a buffer.  A flag, so that the
    * completion's fast path tests one word (px__is_plain). */
-  PX__F_KIND = 1u << 13
+  PX__F_KIND = 1u << 13,
+  /* At PX_CUR on a handle opened for direct I/O (set where the offset is
+   * taken, px__io): io_uring neither reads nor moves the file position for
+   * an op the device completes later, so that backend keeps it itself. */
+  PX__F_CURPOS = 1u << 14
 };
 
 /* An intrusive FIFO of ops linked through op->next (no allocation). */
@@ -399,6 +403,11 @@ int px__os_close(px_fd fd);
 int px__os_is_stream(px_fd fd);  /* 1, 0, or a PX_E* code */
 int px__os_writable(px_fd fd);   /* open for writing: 1, 0, or a PX_E* code */
 bool px__os_is_direct(px_fd fd); /* a file open for direct I/O */
+/* POSIX: after an op at PX_CUR that started at pos and moved `moved`
+ * bytes, sets the position where read(2)/write(2) would have left it (the
+ * end of the file after a write to an O_APPEND file).  For backends whose
+ * requests do not move it themselves. */
+void px__os_pos_advance(px_fd fd, bool write, int64_t pos, int64_t moved);
 #ifdef _WIN32
 /* error_win.c: a Windows error code (GetLastError, WSAGetLastError). */
 int px__win_error(unsigned long err);

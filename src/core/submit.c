@@ -119,9 +119,10 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
    * at PX_CUR.  Writes to a stream other than send() may raise SIGPIPE. */
   bool stream = e->stream || off == PX_CUR;
   bool sigpipe = e->stream && (kind == PX__OP_WRITE || kind == PX__OP_WRITEV);
+  bool curpos = e->direct && off == PX_CUR; /* direct: never a stream */
   uint16_t flags =
       (uint16_t)((stream ? PX__F_STREAM : 0) | (write ? PX__F_WRITEQ : 0) |
-                 (sigpipe ? PX__F_SIGPIPE : 0));
+                 (sigpipe ? PX__F_SIGPIPE : 0) | (curpos ? PX__F_CURPOS : 0));
   px__fill(op, kind, fd, cb, data);
   op->buf = buf;
   op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
