@@ -560,10 +560,12 @@ static PX__NOINLINE int px__pooled_start(px__uring *u, px_op *op) {
  * O_DIRECT 4 KiB reads at QD 32: gathered into the next enter, px 44-47k
  * IOPS to fio's 52-56k; entered at once, 51-61k to fio's 44-56k
  * (bench/RESULTS.md), for ~0.7 us more system time per read.  Not
- * before the ring is enabled (the first px_run does that, on its thread),
- * and not while a write that may raise SIGPIPE waits unguarded in the SQ:
- * those go at the next wait as before.  An error leaves the SQEs where
- * they are, for that wait. */
+ * before the ring is enabled (the loop's first wait does that, in px_run
+ * or px_wait, on its thread), not when the op went to the overflow list
+ * (px__submit_slow), and not while a write that may raise SIGPIPE waits
+ * unguarded in the SQ (outside px_run/px_wait, where px__uring_run_end
+ * let the guard go): those go at the next wait as before.  An error
+ * leaves the SQEs where they are, for that wait. */
 static void px__submit_now(px__uring *u) {
   if (u->enabled && (u->stream_writes == 0 || u->guard_held))
     io_uring_submit(&u->ring);
