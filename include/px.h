@@ -283,7 +283,10 @@ PX_API int px_file_open(px_loop *loop, const char *path, unsigned flags,
 /* The size of a regular file: 0, PX_EISDIR for a directory, PX_EINVAL for
  * anything else that is not a regular file, or the system's error. */
 PX_API int px_file_size(px_fd fd, uint64_t *size);
-/* Makes a handle created elsewhere usable with this loop. */
+/* Makes a handle created elsewhere usable with this loop.  A file's
+ * O_DIRECT is read here, once: set or cleared with fcntl later, the loop
+ * goes on treating the handle as adopted (px_fd_release and px_adopt again
+ * to change that).  Adopting a handle the loop already knows does nothing. */
 PX_API int px_adopt(px_loop *loop, px_fd fd);
 /* Closes a handle now, outside any op.  Refused with PX_EBUSY while ops on it
  * are in flight (use px_close).  loop may be NULL for a handle no live loop
