@@ -595,11 +595,12 @@ static PX__NOINLINE int px__submit_slow(px__uring *u, px_op *op) {
 /* The common case inline: one SQE, free, nothing waiting before it, no
  * buffer ring or SIGPIPE count to keep, and no hurry (PX__F_EAGER).  Kinds
  * with their own completion (PX__F_KIND: pooled receives, which need the
- * buffer ring, and accepts) take the slow path too. */
+ * buffer ring, and accepts) take the slow path too, and so do ops at the
+ * file position of a direct handle (PX__F_CURPOS: its lseek). */
 static int px__uring_submit(px_loop *loop, px_op *op) {
   px__uring *u = px__u(loop);
   px__uop_of(op)->stop = 0;
-  if ((op->flags & (PX__F_SIGPIPE | PX__F_EAGER | PX__F_KIND)) ||
+  if ((op->flags & (PX__F_SIGPIPE | PX__F_EAGER | PX__F_KIND | PX__F_CURPOS)) ||
       u->ovf.head != NULL || px__sq_space(u) == 0)
     return px__submit_slow(u, op);
   px__prep_sqe(px__sqe_take(u), op);
