@@ -703,8 +703,9 @@ void file_direct_reads_and_write_return_each_block(void **state) {
 }
 
 /* Direct I/O at PX_CUR: reads one after another return successive blocks,
- * a write goes where they left off and the next read after it, as read(2)
- * and write(2) would move the position.  (io_uring neither reads nor moves
+ * a write goes where they left off and the next read after it, and a
+ * vector moves the position by its total, as read(2), write(2) and
+ * readv(2) would.  (io_uring neither reads nor moves
  * the file position for an op the device completes later.) */
 static void direct_block_is(const unsigned char *buf, unsigned char v) {
   for (int k = 0; k < BLOCK; k++)
@@ -715,7 +716,7 @@ static void direct_block_is(const unsigned char *buf, unsigned char v) {
 void file_direct_ops_at_the_position_move_it(void **state) {
   direct_fx f;
   (void)state;
-  direct_setup(&f, 1);
+  direct_setup(&f, 2);
   px_loop *loop = f.loop;
   px_fd fd = f.fd;
   unsigned char *base = f.base;
@@ -729,6 +730,17 @@ void file_direct_ops_at_the_position_move_it(void **state) {
   memset(base, 0, BLOCK);
   assert_int_equal(sync_read(loop, fd, base, BLOCK, PX_CUR), BLOCK);
   direct_block_is(base, 6); /* block 5: after the write to block 4 */
+  /* A vector at PX_CUR goes on from there and moves it by its total. */
+  px_iov iov[2] = {{base, BLOCK}, {base + BLOCK, BLOCK}};
+  px_op vop = {0};
+  rec vr = {0};
+  assert_int_equal(px_readv(loop, &vop, fd, iov, 2, PX_CUR, rec_cb, &vr), 0);
+  RUN_UNTIL(loop, vr.calls == 1, 10000);
+  assert_int_equal(vr.result, 2 * BLOCK);
+  direct_block_is(base, 7);
+  direct_block_is(base + BLOCK, 8);
+  assert_int_equal(sync_read(loop, fd, base, BLOCK, PX_CUR), BLOCK);
+  direct_block_is(base, 9);
   assert_int_equal(sync_read(loop, fd, base, BLOCK, 4 * BLOCK), BLOCK);
   direct_block_is(base, 0x5A);
   direct_teardown(&f);
