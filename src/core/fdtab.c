@@ -1,36 +1,11 @@
 /*
- * The loop's table of known handles, indexed by the handle's value.
- *
- * POSIX descriptors are small integers; Windows SOCKETs and HANDLEs are
- * small multiples of 4 in practice, so the index drops those two bits.  The
- * table grows when a larger handle appears, never on the submit path of a
- * handle already known.
+ * The loop's table of known handles (lookup: px__fd_get in internal.h).
+ * The table grows when a larger handle appears, never on the submit path
+ * of a handle already known.
  */
 #include <string.h>
 
 #include "internal.h"
-
-#ifdef _WIN32
-#define PX__FD_SHIFT 2
-#else
-#define PX__FD_SHIFT 0
-#endif
-/* Refuse absurd values instead of allocating gigabytes. */
-#define PX__FD_MAX ((size_t)1 << 24)
-
-static bool px__fd_index(px_fd fd, size_t *idx) {
-  if (fd < 0)
-    return false;
-  *idx = (size_t)fd >> PX__FD_SHIFT;
-  return *idx < PX__FD_MAX;
-}
-
-px__fdent *px__fd_get(px_loop *loop, px_fd fd) {
-  size_t i;
-  if (!px__fd_index(fd, &i) || i >= loop->nfds || !loop->fds[i].known)
-    return NULL;
-  return &loop->fds[i];
-}
 
 size_t px__fd_table_size(void) {
   /* A replaced allocator has no lazy calloc: the table would be written

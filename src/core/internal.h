@@ -256,8 +256,32 @@ void px__free(void *p);
 /* libc's allocator is in use (its calloc leaves fresh pages untouched). */
 bool px__alloc_default(void);
 
-/* fdtab.c */
-px__fdent *px__fd_get(px_loop *loop, px_fd fd); /* NULL if unknown */
+/* fdtab.c: the loop's table of known handles, indexed by the handle's
+ * value.  POSIX descriptors are small integers; Windows SOCKETs and
+ * HANDLEs are small multiples of 4 in practice, so the index drops those
+ * two bits.  Absurd values are refused instead of allocating gigabytes. */
+#ifdef _WIN32
+#define PX__FD_SHIFT 2
+#else
+#define PX__FD_SHIFT 0
+#endif
+#define PX__FD_MAX ((size_t)1 << 24)
+
+static inline bool px__fd_index(px_fd fd, size_t *idx) {
+  if (fd < 0)
+    return false;
+  *idx = (size_t)fd >> PX__FD_SHIFT;
+  return *idx < PX__FD_MAX;
+}
+
+/* fd's entry, NULL if unknown (inline: every submit and completion on a
+ * handle looks it up). */
+static inline px__fdent *px__fd_get(px_loop *loop, px_fd fd) {
+  size_t i;
+  if (!px__fd_index(fd, &i) || i >= loop->nfds || !loop->fds[i].known)
+    return NULL;
+  return &loop->fds[i];
+}
 /* stream: the handle is not a regular file (pipe, socket, device). */
 int px__fd_register(px_loop *loop, px_fd fd, bool stream);
 void px__fd_forget(px_loop *loop, px_fd fd);

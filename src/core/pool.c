@@ -83,6 +83,9 @@ int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
   if (p == NULL)
     return PX_ENOMEM;
   p->size = size;
+  p->pow2 = (size & (size - 1)) == 0;
+  while (p->pow2 && ((uint32_t)1 << p->shift) < size)
+    p->shift++;
   p->dlen = px__malloc((size_t)count * sizeof(*p->dlen));
   p->dnext = px__malloc((size_t)count * sizeof(*p->dnext));
   if (p->dlen == NULL || p->dnext == NULL ||
@@ -187,14 +190,6 @@ bool px__buf_unlend(px_bufpool *p, uint32_t i, bool out) {
 void px__buf_keep(px_bufpool *p, uint32_t i) {
   ((uint8_t *)p->slots.tags)[i] = PX__BUF_LENT;
   p->lent++;
-}
-
-uint32_t px__buf_index(const px_bufpool *p, const void *buf) {
-  uintptr_t base = (uintptr_t)p->slots.slab, at = (uintptr_t)buf;
-  if (buf == NULL || at < base || (at - base) % p->size != 0 ||
-      (at - base) / p->size >= p->slots.capacity)
-    return UINT32_MAX;
-  return (uint32_t)((at - base) / p->size);
 }
 
 void *px_buf_get(px_bufpool *pool) {

@@ -29,6 +29,8 @@ enum { PX__BUF_FREE = 0, PX__BUF_OUT = 1, PX__BUF_LENT = 2 };
 struct px_bufpool {
   px_loop *loop; /* NULL once the loop is gone */
   uint32_t size;
+  uint8_t shift; /* log2(size) when size is a power of two, else 0 */
+  bool pow2;
   uint32_t lent;   /* tagged PX__BUF_LENT */
   uint32_t ops;    /* pooled receives accepted and not yet completed */
   px__slots slots; /* tags: a byte per buffer, PX__BUF_* */
@@ -66,8 +68,18 @@ static inline void *px__buf_at(const px_bufpool *p, uint32_t i) {
 static inline void px__buf_exhausted(px_bufpool *p) {
   p->slots.exhausted++;
 }
-/* The index of a buffer of p, or UINT32_MAX for any other pointer. */
-uint32_t px__buf_index(const px_bufpool *p, const void *buf);
+/* The index of a buffer of p, or UINT32_MAX for any other pointer.  Every
+ * released or delivered buffer is looked up: a shift where the size allows
+ * (a 64-bit division costs tens of cycles). */
+static inline uint32_t px__buf_index(const px_bufpool *p, const void *buf) {
+  uintptr_t base = (uintptr_t)p->slots.slab, at = (uintptr_t)buf;
+  if (buf == NULL || at < base)
+    return UINT32_MAX;
+  uintptr_t d = at - base;
+  uintptr_t i = p->pow2 ? d >> p->shift : d / p->size;
+  uintptr_t rem = p->pow2 ? d & (p->size - 1) : d % p->size;
+  return rem != 0 || i >= p->slots.capacity ? UINT32_MAX : (uint32_t)i;
+}
 
 /* loop.c: the loop lets go of its pools (px_loop_free). */
 void px__pools_detach(px_loop *loop);

@@ -78,17 +78,19 @@ static void bufpool_reuses_a_released_buffer(void **state) {
   assert_int_equal(px_bufpool_free(p), 0);
 }
 
-static void bufpool_refuses_foreign_and_double_releases(void **state) {
+/* For a size that is a power of two (the lookup shifts) and one that is
+ * not (it divides). */
+static void refuses_foreign_and_double_releases(uint32_t size) {
   px_bufpool *p, *q;
   px_pool_stats s;
   char local[64];
-  (void)state;
-  assert_int_equal(px_bufpool_new(g_loop, 2, 64, &p), 0);
-  assert_int_equal(px_bufpool_new(g_loop, 2, 64, &q), 0);
+  assert_int_equal(px_bufpool_new(g_loop, 2, size, &p), 0);
+  assert_int_equal(px_bufpool_new(g_loop, 2, size, &q), 0);
   char *a = px_buf_get(p);
   assert_int_equal(px_buf_release(p, local), PX_EINVAL);
   assert_int_equal(px_buf_release(p, a + 1), PX_EINVAL); /* inside a buffer */
-  assert_int_equal(px_buf_release(q, a), PX_EINVAL);     /* another pool's */
+  assert_int_equal(px_buf_release(p, a + 2 * size), PX_EINVAL); /* past */
+  assert_int_equal(px_buf_release(q, a), PX_EINVAL); /* another pool's */
   assert_int_equal(px_buf_release(p, NULL), PX_EINVAL);
   assert_int_equal(px_buf_release(p, a), 0);
   assert_int_equal(px_buf_release(p, a), PX_EINVAL); /* twice */
@@ -100,10 +102,16 @@ static void bufpool_refuses_foreign_and_double_releases(void **state) {
   assert_non_null(y);
   assert_ptr_not_equal(x, y);
   assert_null(px_buf_get(p));
-  px_buf_release(p, x);
-  px_buf_release(p, y);
+  assert_int_equal(px_buf_release(p, x), 0);
+  assert_int_equal(px_buf_release(p, y), 0);
   assert_int_equal(px_bufpool_free(p), 0);
   assert_int_equal(px_bufpool_free(q), 0);
+}
+
+static void bufpool_refuses_foreign_and_double_releases(void **state) {
+  (void)state;
+  refuses_foreign_and_double_releases(64);
+  refuses_foreign_and_double_releases(100);
 }
 
 static void bufpool_refuses_bad_sizes(void **state) {
