@@ -730,9 +730,7 @@ static void px__aio_complete(px_loop *loop, px__pa *pa, px_op *op,
   }
   po->where = PX__W_NONE;
   if (op->off == PX_CUR && op->kind != PX__OP_FSYNC && res > 0)
-    px__os_pos_advance(op->fd,
-                       op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV,
-                       po->pos, res);
+    px__os_pos_advance(op, po->pos, res);
   px__complete(loop, op, res);
 }
 

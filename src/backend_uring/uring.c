@@ -774,9 +774,7 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
   }
   /* io_uring moved no position for it: see the notes on top. */
   if ((op->flags & PX__F_CURPOS) && res > 0)
-    px__os_pos_advance(op->fd,
-                       op->kind == PX__OP_WRITE || op->kind == PX__OP_WRITEV,
-                       uo->pos, res);
+    px__os_pos_advance(op, uo->pos, res);
   px__complete(loop, op, res);
 }
 

@@ -427,11 +427,11 @@ int px__os_close(px_fd fd);
 int px__os_is_stream(px_fd fd);  /* 1, 0, or a PX_E* code */
 int px__os_writable(px_fd fd);   /* open for writing: 1, 0, or a PX_E* code */
 bool px__os_is_direct(px_fd fd); /* a file open for direct I/O */
-/* POSIX: after an op at PX_CUR that started at pos and moved `moved`
- * bytes, sets the position where read(2)/write(2) would have left it (the
+/* POSIX: after op, at PX_CUR, started at pos and moved `moved` bytes,
+ * sets its handle's position where read(2)/write(2) would have left it (the
  * end of the file after a write to an O_APPEND file).  For backends whose
  * requests do not move it themselves. */
-void px__os_pos_advance(px_fd fd, bool write, int64_t pos, int64_t moved);
+void px__os_pos_advance(const px_op *op, int64_t pos, int64_t moved);
 #ifdef _WIN32
 /* error_win.c: a Windows error code (GetLastError, WSAGetLastError). */
 int px__win_error(unsigned long err);

@@ -83,9 +83,8 @@ int px_bufpool_new(px_loop *loop, uint32_t count, uint32_t size,
   if (p == NULL)
     return PX_ENOMEM;
   p->size = size;
-  p->pow2 = (size & (size - 1)) == 0;
-  while (p->pow2 && ((uint32_t)1 << p->shift) < size)
-    p->shift++;
+  while ((size & (size - 1)) == 0 && ((uint32_t)1 << p->shift) < size)
+    p->shift++; /* log2(size), for px__buf_index */
   p->dlen = px__malloc((size_t)count * sizeof(*p->dlen));
   p->dnext = px__malloc((size_t)count * sizeof(*p->dnext));
   if (p->dlen == NULL || p->dnext == NULL ||

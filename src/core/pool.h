@@ -29,8 +29,7 @@ enum { PX__BUF_FREE = 0, PX__BUF_OUT = 1, PX__BUF_LENT = 2 };
 struct px_bufpool {
   px_loop *loop; /* NULL once the loop is gone */
   uint32_t size;
-  uint8_t shift; /* log2(size) when size is a power of two, else 0 */
-  bool pow2;
+  uint8_t shift;   /* log2(size) when size is a power of two */
   uint32_t lent;   /* tagged PX__BUF_LENT */
   uint32_t ops;    /* pooled receives accepted and not yet completed */
   px__slots slots; /* tags: a byte per buffer, PX__BUF_* */
@@ -76,8 +75,9 @@ static inline uint32_t px__buf_index(const px_bufpool *p, const void *buf) {
   if (buf == NULL || at < base)
     return UINT32_MAX;
   uintptr_t d = at - base;
-  uintptr_t i = p->pow2 ? d >> p->shift : d / p->size;
-  uintptr_t rem = p->pow2 ? d & (p->size - 1) : d % p->size;
+  bool pow2 = (p->size & (p->size - 1)) == 0;
+  uintptr_t i = pow2 ? d >> p->shift : d / p->size;
+  uintptr_t rem = pow2 ? d & (p->size - 1) : d % p->size;
   return rem != 0 || i >= p->slots.capacity ? UINT32_MAX : (uint32_t)i;
 }
 

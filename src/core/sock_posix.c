@@ -87,12 +87,13 @@ bool px__os_is_direct(px_fd fd) {
 #endif
 }
 
-void px__os_pos_advance(px_fd fd, bool write, int64_t pos, int64_t moved) {
-  int fl = write ? fcntl((int)fd, F_GETFL) : 0;
+void px__os_pos_advance(const px_op *op, int64_t pos, int64_t moved) {
+  int fd = (int)op->fd;
+  int fl = px__dir_of(op) ? fcntl(fd, F_GETFL) : 0; /* a write */
   if (fl >= 0 && (fl & O_APPEND))
-    lseek((int)fd, 0, SEEK_END);
+    lseek(fd, 0, SEEK_END);
   else
-    lseek((int)fd, (off_t)(pos + moved), SEEK_SET);
+    lseek(fd, (off_t)(pos + moved), SEEK_SET);
 }
 
 int px__os_writable(px_fd fd) {
