@@ -210,16 +210,23 @@ static struct io_uring_sqe *px__sqe_now(px_loop *loop, px__uring *u) {
   return NULL;
 }
 
-/* Re-arms the eventfd read.  Called while reaping, so it never forces a
- * submit: without a free SQE the read is armed at the next poll. */
-static void px__wake_arm(px__uring *u) {
-  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-  u->wake_rearm = sqe == NULL;
-  if (sqe == NULL)
-    return;
+/* The eventfd read goes into sqe. */
+static void px__wake_prep(px__uring *u, struct io_uring_sqe *sqe) {
   io_uring_prep_read(sqe, u->wake_fd, &u->wake_buf, sizeof(u->wake_buf), 0);
   io_uring_sqe_set_data64(sqe, PX__UD_WAKE);
   u->wake_armed = true;
+  u->wake_rearm = false;
+}
+
+/* Re-arms the eventfd read.  Called while reaping, so it never forces a
+ * submit: without a free SQE the read is owed (wake_rearm), and the next
+ * poll makes room for it before it waits. */
+static void px__wake_arm(px__uring *u) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (sqe == NULL)
+    u->wake_rearm = true;
+  else
+    px__wake_prep(u, sqe);
 }
 
 /* ---- Provided buffers. -------------------------------------------------
@@ -845,17 +852,26 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   if (r < 0)
     return r;
   px__guard_take(u); /* before anything below may submit a pipe write */
-  if (u->wake_rearm && !u->stopping)
-    px__wake_arm(u);
+  if (u->wake_rearm && !u->stopping) {
+    /* The SQ was full when the read came back, and may still be (the
+     * callbacks of that reap filled it): room is made now, or a wakeup
+     * written from here on would find no read in the ring and the wait
+     * below would sleep through it. */
+    struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+    if (sqe != NULL)
+      px__wake_prep(u, sqe);
+  }
   if (u->cancel_scan)
     px__cancel_scan(loop, u);
   r = px__ovf_flush(loop, u);
   if (r < 0)
     return r;
   px__guard_take(u); /* the flush may have started more */
-  /* Completions or a wakeup the flush reaped: no blocking. */
+  /* Completions or a wakeup the flush reaped, or no read armed for the
+   * next wakeup (no room could be made above): no blocking. */
   if (timeout_ns == 0 || io_uring_cq_ready(&u->ring) > 0 ||
-      loop->ready.head != NULL || loop->woken) {
+      loop->ready.head != NULL || loop->woken ||
+      (u->wake_rearm && !u->stopping)) {
     r = io_uring_submit_and_get_events(&u->ring);
   } else {
     struct __kernel_timespec ts, *tp = NULL;

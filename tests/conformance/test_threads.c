@@ -542,3 +542,99 @@ void loops_on_two_threads_hand_work_over_with_posts(void **state) {
   free(h);
   finish(a);
 }
+
+/* ---- A wakeup after callbacks filled the submission queue. -------------- */
+
+enum { FULLQ_SOCKS = 4 };
+
+typedef struct fullq {
+  px_loop *loop;
+  px_fd sp[FULLQ_SOCKS][2];
+  px_op nops[FULLQ_SOCKS], recvs[FULLQ_SOCKS], first, stop;
+  rec recv_r[FULLQ_SOCKS], first_r;
+  char bufs[FULLQ_SOCKS][16];
+  int started;        /* receives the nop callbacks started */
+  atomic_int stopped; /* the posted stop ran */
+  atomic_int rescued; /* the thread had to send a byte to end px_run */
+  int post_rc;
+} fullq;
+
+static void fullq_nop(px_loop *loop, px_op *op) {
+  fullq *q = op->data;
+  int i = q->started++;
+  assert_int_equal(px_recv(loop, &q->recvs[i], q->sp[i][0], q->bufs[i],
+                           sizeof(q->bufs[i]), rec_cb, &q->recv_r[i]),
+                   0);
+}
+
+static void fullq_stop(px_loop *loop, px_op *op) {
+  fullq *q = op->data;
+  atomic_store(&q->stopped, 1);
+  px_stop(loop);
+}
+
+/* Posts the stop once px_run is likely blocked (the delay is pacing only);
+ * if it has not run 3 s later, a byte ends the wait so the test fails
+ * instead of hanging. */
+static void fullq_post_stop(void *arg) {
+  fullq *q = arg;
+  pt_sleep_ms(100);
+  q->post_rc = px_post(q->loop, &q->stop, fullq_stop, q);
+  for (int i = 0; i < 300 && !atomic_load(&q->stopped); i++)
+    pt_sleep_ms(10);
+  if (!atomic_load(&q->stopped)) {
+    atomic_store(&q->rescued, 1);
+    pt_raw_send(q->sp[0][1], "x", 1);
+  }
+}
+
+/*
+ * With the smallest queue, callbacks of one round fill the submission
+ * queue (each starts a receive) and the same round reaps the loop's own
+ * wakeup, which px_post from this thread had raised: there is no room to
+ * put the backend's wakeup listener back (on io_uring, the eventfd read)
+ * then.  A post from another thread while the next px_run blocks must
+ * still wake it.
+ */
+void post_wakes_a_loop_whose_callbacks_filled_the_queue(void **state) {
+  fullq *q = calloc(1, sizeof(*q));
+  px_op t = {0};
+  rec tr = {0};
+  pt_thread *th;
+  (void)state;
+  assert_non_null(q);
+  q->loop = new_loop_entries(4);
+  for (int i = 0; i < FULLQ_SOCKS; i++)
+    socketpair_new(q->loop, q->sp[i]);
+  /* A first round: the loop's own machinery is set up and waiting. */
+  assert_int_equal(px_timeout(q->loop, &t, 1, rec_cb, &tr), 0);
+  RUN_UNTIL(q->loop, tr.calls == 1, 2000);
+  for (int i = 0; i < FULLQ_SOCKS; i++)
+    assert_int_equal(px_nop(q->loop, &q->nops[i], fullq_nop, q), 0);
+  assert_int_equal(px_post(q->loop, &q->first, rec_cb, &q->first_r), 0);
+  RUN_UNTIL(q->loop, q->started == FULLQ_SOCKS && q->first_r.calls == 1, 2000);
+  assert_int_equal(pt_thread_start(&th, fullq_post_stop, q), 0);
+  int rc = px_run(q->loop, PX_RUN_DEFAULT);
+  pt_thread_join(th);
+  assert_true(rc >= 0);
+  assert_int_equal(q->post_rc, 0);
+  if (atomic_load(&q->rescued))
+    fail_msg("the post from another thread did not wake px_run (a byte "
+             "sent 3 s later did)");
+  assert_int_equal(atomic_load(&q->stopped), 1);
+  /* The receives are still waiting: a byte each ends them. */
+  for (int i = 0; i < FULLQ_SOCKS; i++)
+    assert_int_equal(sync_send(q->loop, q->sp[i][1], "y", 1), 1);
+  RUN_UNTIL(q->loop,
+            q->recv_r[0].calls == 1 && q->recv_r[1].calls == 1 &&
+                q->recv_r[2].calls == 1 && q->recv_r[3].calls == 1,
+            2000);
+  for (int i = 0; i < FULLQ_SOCKS; i++) {
+    assert_int_equal(q->recv_r[i].result, 1);
+    assert_int_equal(q->bufs[i][0], 'y');
+    close_fd(q->loop, q->sp[i][0]);
+    close_fd(q->loop, q->sp[i][1]);
+  }
+  finish(q->loop);
+  free(q);
+}
