@@ -47,6 +47,7 @@ extern "C" {
 #define PX_ENOTDIR (-20)
 #define PX_EISDIR (-21)
 #define PX_EINVAL (-22)
+#define PX_ENFILE (-23) /* the system's open-file table is full */
 #define PX_EMFILE (-24)
 #define PX_ENOSPC (-28)
 #define PX_ESPIPE (-29)
@@ -394,7 +395,8 @@ PX_API void px_connpool_foreach(px_connpool *pool, px_conn_fn fn, void *ctx);
  * of the loop: with px_wait, call op->cb of ops you did not submit.  Failed
  * accepts are
  * counted and retried: at once after a connection-level error, 10 ms later
- * after a resource one (out of descriptors or memory); a listener that is
+ * after a resource one (out of descriptors, the process's or the system's,
+ * or memory); a listener that is
  * itself broken (closed, not listening) ends the acceptor's accepts.
  */
 typedef struct px_acceptor px_acceptor;

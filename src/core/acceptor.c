@@ -56,8 +56,7 @@ static void px__acc_end(px_acceptor *a) {
 }
 
 static bool px__acc_resource_error(int r) {
-  return r == PX_EMFILE || r == PX_ENOBUFS || r == PX_ENOMEM ||
-         r == -23 /* ENFILE */;
+  return r == PX_EMFILE || r == PX_ENFILE || r == PX_ENOBUFS || r == PX_ENOMEM;
 }
 
 static void px__acc_done(px_loop *loop, px_op *op) {

@@ -23,6 +23,7 @@
   X(ENOTDIR, "not a directory")                                                \
   X(EISDIR, "is a directory")                                                  \
   X(EINVAL, "invalid argument")                                                \
+  X(ENFILE, "too many open files in the system")                               \
   X(EMFILE, "too many open files")                                             \
   X(ENOSPC, "no space left on device")                                         \
   X(ESPIPE, "illegal seek")                                                    \

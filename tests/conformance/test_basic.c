@@ -35,16 +35,17 @@ static int mentions_success(const char *s) {
 
 void strerror_is_distinct_for_each_code(void **state) {
   static const int codes[] = {
-      PX_EPERM,        PX_ENOENT,        PX_EINTR,        PX_EIO,
-      PX_EBADF,        PX_EAGAIN,        PX_ENOMEM,       PX_EACCES,
-      PX_EFAULT,       PX_EBUSY,         PX_EEXIST,       PX_ENOTDIR,
-      PX_EISDIR,       PX_EINVAL,        PX_EMFILE,       PX_ENOSPC,
-      PX_ESPIPE,       PX_EPIPE,         PX_ENAMETOOLONG, PX_ENOSYS,
-      PX_ENOTSOCK,     PX_EMSGSIZE,      PX_EOPNOTSUPP,   PX_EAFNOSUPPORT,
-      PX_EADDRINUSE,   PX_EADDRNOTAVAIL, PX_ENETDOWN,     PX_ENETUNREACH,
-      PX_ECONNABORTED, PX_ECONNRESET,    PX_ENOBUFS,      PX_EISCONN,
-      PX_ENOTCONN,     PX_ESHUTDOWN,     PX_ETIMEDOUT,    PX_ECONNREFUSED,
-      PX_EHOSTUNREACH, PX_EALREADY,      PX_ECANCELED,    PX_EUNKNOWN};
+      PX_EPERM,        PX_ENOENT,       PX_EINTR,         PX_EIO,
+      PX_EBADF,        PX_EAGAIN,       PX_ENOMEM,        PX_EACCES,
+      PX_EFAULT,       PX_EBUSY,        PX_EEXIST,        PX_ENOTDIR,
+      PX_EISDIR,       PX_EINVAL,       PX_ENFILE,        PX_EMFILE,
+      PX_ENOSPC,       PX_ESPIPE,       PX_EPIPE,         PX_ENAMETOOLONG,
+      PX_ENOSYS,       PX_ENOTSOCK,     PX_EMSGSIZE,      PX_EOPNOTSUPP,
+      PX_EAFNOSUPPORT, PX_EADDRINUSE,   PX_EADDRNOTAVAIL, PX_ENETDOWN,
+      PX_ENETUNREACH,  PX_ECONNABORTED, PX_ECONNRESET,    PX_ENOBUFS,
+      PX_EISCONN,      PX_ENOTCONN,     PX_ESHUTDOWN,     PX_ETIMEDOUT,
+      PX_ECONNREFUSED, PX_EHOSTUNREACH, PX_EALREADY,      PX_ECANCELED,
+      PX_EUNKNOWN};
   const size_t n = sizeof(codes) / sizeof(codes[0]);
   (void)state;
   for (size_t i = 0; i < n; i++) {
