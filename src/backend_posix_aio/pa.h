@@ -59,6 +59,8 @@ typedef struct px__pfd {
   uint8_t bytes;      /* a byte stream (0: not asked yet, 1: yes, 2: no) */
   uint8_t nowait;     /* file reads tried from the page cache first
                          (0: not asked yet, 1: yes, 2: no) */
+  int conn_err;       /* errno of a read-side call that failed while a
+                         connect waited: the connection's own error */
 } px__pfd;
 
 typedef struct px__aio px__aio;

@@ -315,12 +315,18 @@ static bool px__byte_stream(int fd, px__pfd *f) {
 }
 
 /* A connect in progress is done when the socket reports an error or has a
- * peer; writability alone can be a stale ready bit. */
-static int32_t px__connect_check(px_op *op) {
+ * peer; writability alone can be a stale ready bit.  A failed connection's
+ * error is handed out once (SO_ERROR clears it): a receive queued beside
+ * the connect, whose direction runs first, may have taken it, and then the
+ * socket has neither error nor peer, as while it connects; px__attempt
+ * kept that error for the connect in f->conn_err. */
+static int32_t px__connect_check(px_op *op, px__pfd *f) {
   int err = 0;
   socklen_t len = sizeof(err);
   if (getsockopt((int)op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
     return -1;
+  if (err == 0)
+    err = f->conn_err;
   if (err != 0) {
     errno = err;
     return -1;
@@ -364,7 +370,7 @@ static ssize_t px__recv_pooled(px_op *op) {
 }
 
 /* One non-blocking call: bytes, 0, -1 with errno. */
-static ssize_t px__call(px__pa *pa, px_op *op) {
+static ssize_t px__call(px__pa *pa, px_op *op, px__pfd *f) {
   int fd = (int)op->fd;
   switch (op->kind) {
     case PX__OP_RECV:
@@ -386,7 +392,7 @@ static ssize_t px__call(px__pa *pa, px_op *op) {
     case PX__OP_ACCEPT:
       return px__accept_call(op);
     default: /* PX__OP_CONNECT */
-      return px__connect_check(op);
+      return px__connect_check(op, f);
   }
 }
 
@@ -394,7 +400,7 @@ static ssize_t px__call(px__pa *pa, px_op *op) {
 static int32_t px__attempt(px__pa *pa, px_op *op, px__pfd *f) {
   ssize_t n;
   do {
-    n = px__call(pa, op);
+    n = px__call(pa, op, f);
   } while (n < 0 && errno == EINTR);
   if (n >= 0) {
     /* A short read drained the socket: wait for the next event. */
@@ -408,6 +414,12 @@ static int32_t px__attempt(px__pa *pa, px_op *op, px__pfd *f) {
     f->ready &= (uint8_t) ~(1u << px__side(op));
     return PX__AGAIN;
   }
+  /* A read-side call that fails while a connect waits took the failed
+   * connection's error (see px__connect_check).  Not ENOTCONN: where a
+   * receive on a connecting socket says so, the connection is not over. */
+  if (px__side(op) == 0 && errno != ENOTCONN && f->q[1].tail != NULL &&
+      px__oq_head(&f->q[1])->kind == PX__OP_CONNECT)
+    f->conn_err = errno;
   return px__errno(errno);
 }
 
@@ -464,6 +476,7 @@ static int px__ready_submit(px_loop *loop, px__pa *pa, px_op *op) {
   unsigned d = px__side(op);
   if (op->kind == PX__OP_CONNECT) {
     const px_addr *a = op->buf;
+    f->conn_err = 0; /* an earlier attempt's */
     int r = connect(fd, (const void *)a->storage, (socklen_t)a->len);
     if (r == 0 || (errno != EINPROGRESS && errno != EINTR)) {
       px__pa_done(pa, op, r == 0 ? 0 : px__errno(errno));
