@@ -540,7 +540,11 @@ int px_run(px_loop *loop, px_run_mode mode) {
     return PX_EINVAL;
   if (loop->depth > 0 || loop->closing || px__owned_elsewhere(loop, true))
     return PX_EBUSY;
-  return px__run_end(loop, px__run(loop, mode));
+  int r = px__run(loop, mode);
+  /* A stop is for the run it ends: left set, it would keep every later
+   * px_wait from blocking (px__poll_timeout). */
+  loop->stop = false;
+  return px__run_end(loop, r);
 }
 
 void px_stop(px_loop *loop) {

@@ -59,6 +59,15 @@ void pt_sleep_ms(unsigned ms) {
 void pt_yield(void) {
   SwitchToThread();
 }
+
+uint64_t pt_thread_cpu_us(void) {
+  FILETIME created, exited, kernel, user;
+  if (!GetThreadTimes(GetCurrentThread(), &created, &exited, &kernel, &user))
+    return 0;
+  uint64_t k = ((uint64_t)kernel.dwHighDateTime << 32) | kernel.dwLowDateTime;
+  uint64_t u = ((uint64_t)user.dwHighDateTime << 32) | user.dwLowDateTime;
+  return (k + u) / 10u; /* 100 ns units */
+}
 #else
 uint64_t pt_now_us(void) {
   struct timespec ts;
@@ -74,6 +83,13 @@ void pt_sleep_ms(unsigned ms) {
 
 void pt_yield(void) {
   sched_yield();
+}
+
+uint64_t pt_thread_cpu_us(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+    return 0;
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 #endif
 

@@ -16,6 +16,10 @@
 uint64_t pt_now_ms(void);
 uint64_t pt_now_us(void);
 
+/* CPU time the calling thread has used (user and system), microseconds:
+ * for a test that a wait blocked instead of spinning. */
+uint64_t pt_thread_cpu_us(void);
+
 /* Pacing for helper threads only (never used to wait for a result). */
 void pt_sleep_ms(unsigned ms);
 /* Gives the processor to another thread (a helper thread's busy wait). */
