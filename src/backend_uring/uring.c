@@ -694,17 +694,49 @@ static bool px__cqe_pooled(px_loop *loop, px_op *op, int32_t res,
   return false;
 }
 
-/* A pooled receive found the ring empty while the pool has free buffers:
- * the ring grows and the receive goes again (unless it was asked to stop:
- * a cancel, its deadline, a close of its handle, the loop's end). */
+/* The kernel picks a buffer before it looks at the socket, so a receive
+ * that ran while the ring was empty fails with ENOBUFS whatever the socket
+ * holds: data, the end of the stream, an error (a reset), or nothing yet
+ * (it ran without waiting for data: another receive emptied the ring in
+ * the same batch).  A peek tells them apart, as on the other backends:
+ * -ENOBUFS only while data waits (or when there is no telling), 0, the
+ * error, or -EAGAIN for nothing.  Once per completion: a peek that reports
+ * an error also clears it. */
+static int32_t px__pooled_enobufs(const px_op *op) {
+  char byte;
+  ssize_t n = recv((int)op->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0)
+    return 0;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    return -EAGAIN;
+  if (n < 0 && errno != EINTR && errno != ENOTSOCK)
+    return -errno;
+  return -ENOBUFS;
+}
+
+/* A pooled receive that ended with *res: true when it goes again, else
+ * *res is what it completes with.  After ENOBUFS it goes again when the
+ * pool has free buffers (the ring grows), or when nothing waits in the
+ * socket (with the ring short it then waits for data first): an idle
+ * socket never reports PX_ENOBUFS.  Not when it was asked to stop (a
+ * cancel, its deadline, a close of its handle, the loop's end): with
+ * nothing waiting it is cancelled. */
 static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op,
-                             int32_t res) {
+                             int32_t *res) {
+  if (*res != -ENOBUFS)
+    return false;
   px_bufpool *p = op->buf;
   px__ubr *r = p->bk;
   px__fdent *e = px__fd_get(loop, op->fd);
-  if (res != -ENOBUFS || px__uop_of(op)->stop || u->stopping || e == NULL ||
-      e->closing != NULL || (p->slots.nfree == 0 && r->avail == 0))
-    return false;
+  bool stop =
+      px__uop_of(op)->stop || u->stopping || e == NULL || e->closing != NULL;
+  if (stop || (p->slots.nfree == 0 && r->avail == 0)) {
+    int32_t v = px__pooled_enobufs(op);
+    if (v != -EAGAIN || stop) {
+      *res = v == -EAGAIN ? -ECANCELED : v;
+      return false;
+    }
+  }
   /* Buffers may have gone into the ring since the kernel found it empty
    * (released, or topped up for another receive of the same reap); only a
    * ring short while the pool has free ones grows. */
@@ -714,22 +746,6 @@ static bool px__pooled_again(px_loop *loop, px__uring *u, px_op *op,
   if (u->ovf.head != NULL || !px__prep(u, op))
     px__ovf_push(u, op);
   return true;
-}
-
-/* The kernel picks a buffer before it looks at the socket, so a receive
- * woken by the end of the stream or an error (a reset) while the ring and
- * the pool are empty fails with ENOBUFS too.  A peek tells them apart, as
- * on the other backends: ENOBUFS stays only while data waits (or when
- * there is no telling). */
-static int32_t px__pooled_enobufs(const px_op *op) {
-  char byte;
-  ssize_t n = recv((int)op->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0)
-    return 0;
-  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-      errno != ENOTSOCK)
-    return -errno;
-  return -ENOBUFS;
 }
 
 /* A CQE that is not an op's own plain success: the eventfd, internal
@@ -751,11 +767,9 @@ static PX__NOINLINE void px__cqe_slow(px_loop *loop, px__uring *u, uint64_t ud,
   px__uop *uo = px__uop_of(op);
   if (op->kind == PX__OP_RECV_POOLED && px__cqe_pooled(loop, op, res, flags))
     return;
-  if (op->kind == PX__OP_RECV_POOLED && px__pooled_again(loop, u, op, res))
+  if (op->kind == PX__OP_RECV_POOLED && px__pooled_again(loop, u, op, &res))
     return;
   px__op_end(u, op);
-  if (op->kind == PX__OP_RECV_POOLED && res == -ENOBUFS)
-    res = px__pooled_enobufs(op);
   /* A cancel (a deadline's among them) may interrupt an op the kernel runs
    * in a worker thread: EINTR there means cancelled. */
   if (res == -EINTR && uo->stop)

@@ -291,3 +291,82 @@ void loop_free_ends_a_paused_acceptor(void **state) {
   assert_int_equal(px_conn_release(s.pool, s.ids[0]), 0);
   assert_int_equal(px_connpool_free(s.pool), 0);
 }
+
+/* ---- An idle socket beside a busy one on a small pool. ------------------ */
+
+typedef struct idle2 {
+  px_bufpool *pool;
+  px_fd busy_fd;
+  rec idle;
+  int busy_bytes, busy_last, cancelled;
+} idle2;
+
+/* The busy socket's receive: the buffer goes back at once, and the
+ * receive starts again when it ends (a single receive, or a multishot one
+ * that ran out of buffers) until it is cancelled. */
+static void idle2_busy(px_loop *loop, px_op *op) {
+  idle2 *s = op->data;
+  if (op->result > 0)
+    s->busy_bytes += op->result;
+  if (px_op_buf(op) != NULL)
+    assert_int_equal(px_buf_release(s->pool, px_op_buf(op)), 0);
+  if (px_op_more(op))
+    return;
+  s->busy_last = op->result;
+  if (!s->cancelled && (op->result > 0 || op->result == PX_ENOBUFS))
+    assert_int_equal(px_recv_pooled_ex(loop, op, s->busy_fd, s->pool,
+                                       PX_RECV_MULTISHOT, idle2_busy, s),
+                     0);
+}
+
+/*
+ * A multishot receive on a socket with more data than the pool holds, and
+ * a single receive on a socket that gets none, from one pool of two
+ * buffers.  On io_uring both go to the kernel in one batch; the first may
+ * empty the buffer ring before the second runs, which then fails with
+ * ENOBUFS at once, data or not.  The idle one must go on waiting (an idle
+ * socket never gets PX_ENOBUFS), and see the end of its stream later.
+ */
+void pooled_recv_on_an_idle_socket_beside_a_busy_one_never_gets_enobufs(
+    void **state) {
+  px_loop *loop = new_loop();
+  idle2 s = {0};
+  px_fd x[2], y[2];
+  px_op m, i;
+  char msg[100];
+  (void)state;
+  px_op_init(&m);
+  px_op_init(&i);
+  assert_int_equal(px_bufpool_new(loop, 2, 8, &s.pool), 0);
+  socketpair_new(loop, x);
+  socketpair_new(loop, y);
+  memset(msg, 'm', sizeof(msg));
+  assert_int_equal(sync_send(loop, x[1], msg, sizeof(msg)), (int)sizeof(msg));
+  s.busy_fd = x[0];
+  assert_int_equal(px_recv_pooled_ex(loop, &m, x[0], s.pool, PX_RECV_MULTISHOT,
+                                     idle2_busy, &s),
+                   0);
+  assert_int_equal(px_recv_pooled(loop, &i, y[0], s.pool, rec_cb, &s.idle), 0);
+  RUN_UNTIL(loop, s.busy_bytes == (int)sizeof(msg), 5000);
+  settle(loop);
+  if (s.idle.calls != 0)
+    fail_msg("the receive on the idle socket completed with %d (%s)",
+             s.idle.result, px_strerror(s.idle.result));
+  close_fd(loop, y[1]);
+  RUN_UNTIL(loop, s.idle.calls == 1, 5000);
+  assert_int_equal(s.idle.result, 0);
+  assert_null(px_op_buf(&i));
+  /* The busy one, its socket drained and idle too, waits as well. */
+  px_op c = {0};
+  rec cr = {0};
+  s.cancelled = 1;
+  s.busy_last = 1;
+  assert_int_equal(px_cancel(loop, &c, &m, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, cr.calls == 1 && s.busy_last == PX_ECANCELED, 5000);
+  settle(loop);
+  close_fd(loop, x[0]);
+  close_fd(loop, x[1]);
+  close_fd(loop, y[0]);
+  assert_int_equal(px_bufpool_free(s.pool), 0);
+  finish(loop);
+}
