@@ -119,6 +119,10 @@ typedef struct px__uring {
    * there would bind it to the wrong thread): its cancel goes out at the
    * first poll, found by a scan of the handles waiting to close. */
   bool cancel_scan;
+  /* px__cancel_op found the SQ full before the ring was enabled: these
+   * targets' cancels go out at the first poll.  Their SQEs wait in the SQ
+   * meanwhile (nothing is submitted before), so their links are free. */
+  px__fifo cancel_later;
   uint16_t next_bgid; /* the next pool's buffer group */
   bool multishot;     /* the kernel does multishot receives */
 } px__uring;
@@ -614,8 +618,15 @@ static int px__uring_submit(px_loop *loop, px_op *op) {
   return 0;
 }
 
+/* An internal cancel of target, whose result nobody waits for. */
+static void px__prep_cancel(struct io_uring_sqe *sqe, px_op *target) {
+  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)target, 0);
+  io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
+}
+
 static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
   px__uring *u = px__u(loop);
+  bool stopped = px__uop_of(target)->stop;
   px__uop_of(target)->stop = 1;
   if (px__uop_of(target)->on_ovf) {
     px__fifo_remove(&u->ovf, target);
@@ -630,11 +641,18 @@ static void px__uring_cancel(px_loop *loop, px_op *target, px_op *cancel_op) {
     px__uring_submit(loop, cancel_op);
     return;
   }
-  struct io_uring_sqe *sqe = px__sqe_now(loop, u);
-  if (sqe == NULL)
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (sqe == NULL && !u->enabled) {
+    /* Making room (px__sqe_now) would enable the ring, which binds it to
+     * this thread: the loop may be run on another.  Once is enough. */
+    if (!stopped)
+      px__fifo_push(&u->cancel_later, target);
     return;
-  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)target, 0);
-  io_uring_sqe_set_data64(sqe, PX__UD_IGNORE);
+  }
+  if (sqe == NULL)
+    sqe = px__sqe_now(loop, u);
+  if (sqe != NULL)
+    px__prep_cancel(sqe, target);
 }
 
 static void px__cancel_fd_sqe(px_loop *loop, px__uring *u, px_fd fd) {
@@ -667,9 +685,23 @@ static void px__cancel_scan(px_loop *loop, px__uring *u) {
   }
 }
 
+/* The cancels px__cancel_op could not queue before the ring was enabled. */
+static void px__cancel_later(px_loop *loop, px__uring *u) {
+  px_op *target;
+  while ((target = px__fifo_pop(&u->cancel_later)) != NULL) {
+    struct io_uring_sqe *sqe = px__sqe_now(loop, u);
+    if (sqe == NULL) {
+      px__fifo_push_front(&u->cancel_later, target); /* the next poll */
+      return;
+    }
+    px__prep_cancel(sqe, target);
+  }
+}
+
 static void px__uring_cancel_all(px_loop *loop) {
   px__uring *u = px__u(loop);
   u->stopping = true;
+  u->cancel_later = (px__fifo){0}; /* the cancel below covers them */
   px__ovf_cancel(loop, u, true, PX_INVALID_FD);
   struct io_uring_sqe *sqe = px__sqe_now(loop, u);
   if (sqe == NULL)
@@ -877,6 +909,8 @@ static int px__uring_poll(px_loop *loop, int64_t timeout_ns) {
   }
   if (u->cancel_scan)
     px__cancel_scan(loop, u);
+  if (u->cancel_later.head != NULL)
+    px__cancel_later(loop, u);
   r = px__ovf_flush(loop, u);
   if (r < 0)
     return r;

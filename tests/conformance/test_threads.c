@@ -638,3 +638,56 @@ void post_wakes_a_loop_whose_callbacks_filled_the_queue(void **state) {
   finish(q->loop);
   free(q);
 }
+
+/* ---- An acceptor stopped before the loop's first run. ------------------- */
+
+typedef struct early_stop {
+  px_loop *loop;
+  px_fd listener;
+  int run_rc, close_rc;
+} early_stop;
+
+static void early_stop_main(void *arg) {
+  early_stop *s = arg;
+  s->run_rc = px_run(s->loop, PX_RUN_DEFAULT);
+  s->close_rc = px_fd_close(s->loop, s->listener);
+}
+
+static void early_stop_acc_cb(px_acceptor *acc, px_fd fd, void *conn,
+                              px_conn_id id, void *data) {
+  (void)acc, (void)fd, (void)conn, (void)id, (void)data;
+  fail_msg("nobody connected, yet the acceptor reported a connection");
+}
+
+/*
+ * A loop made on this thread, with an acceptor started and stopped before
+ * the loop ever ran, and more accepts than its queue holds: the stop's
+ * cancels must not tie the loop to this thread (io_uring: enabling a
+ * SINGLE_ISSUER ring binds it to the thread that does it), so another
+ * thread runs the loop until the acceptor is gone.
+ */
+void acceptor_stopped_before_the_first_run_leaves_the_loop_to_any_thread(
+    void **state) {
+  early_stop s = {0};
+  px_connpool *pool = NULL;
+  px_acceptor *acc = NULL;
+  pt_thread *th;
+  int port;
+  (void)state;
+  s.loop = new_loop_entries(4);
+  s.listener = tcp_listener(s.loop, &port);
+  assert_int_equal(px_connpool_new(16, 64, &pool), 0);
+  assert_int_equal(px_acceptor_start(s.loop, s.listener, pool, 8,
+                                     early_stop_acc_cb, NULL, &acc),
+                   0);
+  px_acceptor_stop(acc);
+  s.run_rc = 1;
+  assert_int_equal(pt_thread_start(&th, early_stop_main, &s), 0);
+  pt_thread_join(th);
+  if (s.run_rc != 0)
+    fail_msg("px_run on the other thread gave %d (%s)", s.run_rc,
+             px_strerror(s.run_rc));
+  assert_int_equal(s.close_rc, 0);
+  assert_int_equal(px_connpool_free(pool), 0); /* the acceptor is gone */
+  finish(s.loop);
+}
