@@ -56,7 +56,10 @@ typedef struct px__pfd {
   uint8_t used;       /* initialised since the fd became known */
   uint8_t unpollable; /* the poller refused it: always ready */
   uint8_t hup;        /* the poller saw a hang-up: reads end at once */
-  uint8_t bytes;      /* a byte stream (0: not asked yet, 1: yes, 2: no) */
+  uint8_t bytes;      /* a short read drains it (0: not asked yet, 1: yes,
+                         2: no) */
+  uint8_t urgent;     /* the poller saw urgent data (TCP): reads stop at
+                         its mark, a short one does not drain */
   uint8_t nowait;     /* file reads tried from the page cache first
                          (0: not asked yet, 1: yes, 2: no) */
   int conn_err;       /* errno of a read-side call that failed while a

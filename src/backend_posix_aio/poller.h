@@ -9,7 +9,7 @@
  * (epoll) may keep an fd registered for both directions from its first use
  * to its px__poller_forget; the backend keeps "ready" bits of its own and
  * clears them only when a call says EAGAIN (or a read comes back short on
- * a byte stream, which a later arrival raises a new event for), so either
+ * a byte stream that the read drained: see px__poller_edge), so either
  * kind is correct.
  */
 #ifndef PX_POSIX_AIO_POLLER_H
@@ -20,6 +20,7 @@
 #define PX__IN 1u
 #define PX__OUT 2u
 #define PX__HUP 4u /* hang-up, error or peer's shutdown: reads end at once */
+#define PX__PRI 8u /* urgent data (TCP's out-of-band byte) arrived */
 
 typedef struct px__poller px__poller;
 
@@ -46,5 +47,9 @@ void px__poller_forget(px__poller *p, int fd);
 int px__poller_wait(px__poller *p, int timeout_ms, px__pev **out);
 /* "epoll" or "poll". */
 extern const char px__poller_name[];
+/* 1: readiness comes as edges (epoll): an fd is reported once per change,
+ * so bytes left queued after a read that was taken to have drained them
+ * raise no event.  0: as levels (poll): the next wait reports them. */
+extern const int px__poller_edge;
 
 #endif

@@ -25,6 +25,7 @@ struct px__poller {
 };
 
 const char px__poller_name[] = "epoll";
+const int px__poller_edge = 1;
 
 int px__poller_new(px__poller **out) {
   px__poller *p = px__calloc(1, sizeof(*p));
@@ -67,7 +68,8 @@ int px__poller_want(px__poller *p, int fd, unsigned want) {
     if (r < 0)
       return r;
   }
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP |
+                                     EPOLLPRI | EPOLLET,
                            .data.fd = fd};
   if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EEXIST)
     return px__errno(errno);
@@ -111,6 +113,8 @@ int px__poller_wait(px__poller *p, int timeout_ms, px__pev **out) {
       ev |= PX__OUT;
     if (e & (EPOLLERR | EPOLLHUP | EPOLLRDHUP))
       ev |= PX__HUP | PX__IN;
+    if (e & EPOLLPRI)
+      ev |= PX__PRI | PX__IN;
     p->out[i].fd = p->evs[i].data.fd;
     p->out[i].ev = ev;
   }

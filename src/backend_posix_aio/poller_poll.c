@@ -23,6 +23,7 @@ struct px__poller {
 };
 
 const char px__poller_name[] = "poll";
+const int px__poller_edge = 0;
 
 int px__poller_new(px__poller **out) {
   px__poller *p = px__calloc(1, sizeof(*p));

@@ -17,11 +17,20 @@
  *   op completes with its result.  Handles are O_NONBLOCK (adopt sets it).
  * - Ready bits.  Each fd keeps "readable" and "writable" bits, set by the
  *   poller and cleared only when a call answers EAGAIN, or when a recv or
- *   read on a byte stream (a SOCK_STREAM socket, a pipe or FIFO) comes
- *   back short: the stream was drained, and any byte arriving later raises
- *   a new event.  Not after a hang-up, which raises no second event, and
- *   not on a datagram socket or a tty, which hand out one record per call
- *   and keep the rest without a new event.  A new fd starts ready both
+ *   read on a byte stream comes back short: the stream was drained, and
+ *   any byte arriving later raises a new event.  Not after a hang-up,
+ *   which raises no second event, and not on a datagram socket or a tty,
+ *   which hand out one record per call and keep the rest without a new
+ *   event.  Under poll() (levels) any SOCK_STREAM socket, pipe or FIFO
+ *   counts: a wrong guess costs one wait, which reports the bytes left.
+ *   Under epoll (edges) a wrong guess would leave them unread until more
+ *   arrive, so only streams whose reads go on to the end of what is
+ *   queued count: TCP until it has seen urgent data (a read stops at the
+ *   urgent mark; EPOLLPRI tells), and pipes not in packet mode (O_DIRECT:
+ *   one write per read).  Not an AF_UNIX stream, whose read stops after a
+ *   message carrying descriptors (or, with SO_PASSCRED, at a change of
+ *   writer): there only EAGAIN clears the bit, one more call per short
+ *   read.  A new fd starts ready both
  *   ways: the first call of each direction is tried at once, and answers
  *   EAGAIN or its error (a recv on a listener, a read on a pipe's write
  *   end) as the kernel would.  An op whose direction is ready runs at the
@@ -298,8 +307,26 @@ static int32_t px__accept_call(px_op *op) {
   return 0;
 }
 
-/* Whether fd hands out a byte stream, where a short read means drained. */
-static bool px__byte_stream(int fd, px__pfd *f) {
+/* Whether a read on fd reads on to the end of what is queued, under an
+ * edge-triggered poller (see the notes on top). */
+static bool px__reads_to_the_end(int fd, const struct stat *st) {
+  if (S_ISFIFO(st->st_mode)) {
+#ifdef O_DIRECT
+    int fl = fcntl(fd, F_GETFL);
+    return fl >= 0 && !(fl & O_DIRECT); /* not a packet-mode pipe */
+#else
+    return true;
+#endif
+  }
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+         (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+}
+
+/* Whether a short read on fd means it was drained (see the notes on top);
+ * asked once per fd. */
+static bool px__short_read_drains(int fd, px__pfd *f) {
   if (f->bytes == 0) {
     struct stat st;
     int type = 0;
@@ -308,10 +335,11 @@ static bool px__byte_stream(int fd, px__pfd *f) {
                (S_ISFIFO(st.st_mode) ||
                 (S_ISSOCK(st.st_mode) &&
                  getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
-                 type == SOCK_STREAM));
+                 type == SOCK_STREAM)) &&
+               (!px__poller_edge || px__reads_to_the_end(fd, &st));
     f->bytes = yes ? 1 : 2;
   }
-  return f->bytes == 1;
+  return f->bytes == 1 && !f->urgent;
 }
 
 /* A connect in progress is done when the socket reports an error or has a
@@ -406,7 +434,7 @@ static int32_t px__attempt(px__pa *pa, px_op *op, px__pfd *f) {
     /* A short read drained the socket: wait for the next event. */
     if (px__side(op) == 0 && n > 0 && op->kind != PX__OP_READV &&
         (size_t)n < op->len && !f->unpollable && !f->hup &&
-        px__byte_stream((int)op->fd, f))
+        px__short_read_drains((int)op->fd, f))
       f->ready &= (uint8_t)~PX__IN;
     return (int32_t)n;
   }
@@ -610,6 +638,7 @@ static void px__event(px_loop *loop, px__pa *pa, const px__pev *ev) {
     return; /* closed since: epoll may still report it once */
   f->ready |= (uint8_t)(ev->ev & (PX__IN | PX__OUT));
   f->hup |= (ev->ev & PX__HUP) != 0;
+  f->urgent |= (ev->ev & PX__PRI) != 0;
   px__run_fd(loop, pa, ev->fd);
 }
 

@@ -33,6 +33,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -547,6 +548,39 @@ int pt_udp_pair(px_fd out[2]) {
 int pt_raw_send(px_fd fd, const void *buf, size_t len) {
   return (int)send((pt_sock)fd, buf, (int)len, 0);
 }
+
+int pt_raw_send_urgent(px_fd fd, const void *buf, size_t len) {
+  return (int)send((pt_sock)fd, buf, (int)len, MSG_OOB);
+}
+
+#ifdef _WIN32
+int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len) {
+  (void)fd, (void)buf, (void)len;
+  return -1;
+}
+#else
+int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len) {
+  int passed = (int)fd;
+  union {
+    struct cmsghdr h;
+    char space[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  memset(&ctl, 0, sizeof(ctl));
+  struct iovec iov = {(void *)buf, len};
+  struct msghdr mh;
+  memset(&mh, 0, sizeof(mh));
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = ctl.space;
+  mh.msg_controllen = sizeof(ctl.space);
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &passed, sizeof(int));
+  return (int)sendmsg((int)fd, &mh, 0);
+}
+#endif
 
 void pt_raw_close(px_fd fd) {
   pt_sock_close((pt_sock)fd);

@@ -90,6 +90,13 @@ int pt_raw_socketpair(px_fd out[2]);
 int pt_udp_pair(px_fd out[2]);
 /* A plain blocking send() on a raw socket: bytes sent or -1. */
 int pt_raw_send(px_fd fd, const void *buf, size_t len);
+/* send() with MSG_OOB: len bytes, the last of them TCP's urgent byte.
+ * Bytes sent or -1. */
+int pt_raw_send_urgent(px_fd fd, const void *buf, size_t len);
+/* On an AF_UNIX stream socket: len bytes in one message that also carries
+ * a descriptor (SCM_RIGHTS, a copy of fd itself).  Bytes sent, or -1 (and
+ * always -1 where there is no such message: Windows). */
+int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len);
 /* Closes a raw socket no loop knows. */
 void pt_raw_close(px_fd fd);
 

@@ -1237,3 +1237,89 @@ void fd_release_hands_a_connection_to_another_loop(void **state) {
   finish(a);
   finish(b);
 }
+
+/* ---- A short read that leaves bytes behind. ----------------------------- */
+
+/* Starts a receive on fd and runs the loop until the backend has it
+ * waiting (nothing has been sent yet). */
+static void recv_waiting(px_loop *loop, px_op *op, px_fd fd, char *buf,
+                         size_t len, rec *r) {
+  assert_int_equal(px_recv(loop, op, fd, buf, len, rec_cb, r), 0);
+  for (int i = 0; i < 3; i++)
+    assert_true(px_run(loop, PX_RUN_NOWAIT) >= 0);
+  assert_int_equal(r->calls, 0);
+}
+
+/* A second receive on fd gets want, which was queued when the first one
+ * returned short. */
+static void next_recv_gets(px_loop *loop, px_fd fd, const char *want) {
+  px_op op = {0};
+  rec r = {0};
+  char buf[64] = {0};
+  assert_int_equal(px_recv(loop, &op, fd, buf, sizeof(buf), rec_cb, &r), 0);
+  RUN_UNTIL(loop, r.calls == 1, 2000);
+  assert_int_equal(r.result, (int)strlen(want));
+  assert_memory_equal(buf, want, strlen(want));
+}
+
+/*
+ * TCP's urgent byte: a read stops at its mark with bytes still queued
+ * behind it, so a read that comes back short has not drained the socket
+ * here.  The next receive gets those bytes at once.
+ */
+void recv_short_at_the_urgent_mark_leaves_the_rest_for_the_next(void **state) {
+  px_loop *loop = new_loop();
+  px_fd c, s;
+  px_op op = {0};
+  rec r = {0};
+  char buf[64] = {0};
+  (void)state;
+  tcp_pair(loop, &c, &s);
+  recv_waiting(loop, &op, s, buf, sizeof(buf), &r);
+  assert_int_equal(pt_raw_send(c, "abc", 3), 3);
+  assert_int_equal(pt_raw_send_urgent(c, "X", 1), 1);
+  assert_int_equal(pt_raw_send(c, "def", 3), 3);
+  RUN_UNTIL(loop, r.calls == 1, 2000);
+  if (r.result != 3 || memcmp(buf, "abc", 3) != 0)
+    fail_msg("the first receive got %d bytes, not the 3 before the mark",
+             r.result);
+  next_recv_gets(loop, s, "def");
+  close_fd(loop, c);
+  close_fd(loop, s);
+  finish(loop);
+}
+
+/*
+ * An AF_UNIX stream read stops after a message that carries descriptors,
+ * with the next message's bytes still queued: the next receive gets them
+ * at once.  (px passes no descriptors; the kernel closes the copy.)
+ */
+void recv_short_after_a_message_with_descriptors_leaves_the_rest(void **state) {
+  px_loop *loop = new_loop();
+  px_fd sp[2];
+  px_op op = {0};
+  rec r = {0};
+  char buf[64] = {0};
+  (void)state;
+  socketpair_new(loop, sp);
+  recv_waiting(loop, &op, sp[1], buf, sizeof(buf), &r);
+  if (pt_raw_send_with_descriptor(sp[0], "abc", 3) != 3) {
+    px_op c = {0};
+    rec cr = {0};
+    assert_int_equal(px_cancel(loop, &c, &op, rec_cb, &cr), 0);
+    RUN_UNTIL(loop, r.calls == 1 && cr.calls == 1, 2000);
+    close_fd(loop, sp[0]);
+    close_fd(loop, sp[1]);
+    finish(loop);
+    printf("           skipped: no descriptor passing on this platform\n");
+    skip();
+  }
+  assert_int_equal(pt_raw_send(sp[0], "def", 3), 3);
+  RUN_UNTIL(loop, r.calls == 1, 2000);
+  assert_int_equal(r.result, 3);
+  assert_memory_equal(buf, "abc", 3);
+  next_recv_gets(loop, sp[1], "def");
+  close_fd(loop, sp[0]);
+  close_fd(loop, sp[1]);
+  finish(loop);
+}
