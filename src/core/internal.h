@@ -207,7 +207,10 @@ struct px_loop {
   size_t nfds;    /* entries in use (zeroed or known) */
   size_t fds_cap; /* entries allocated */
 
-  bool woken; /* a wakeup arrived and was not reported yet (px__iterate) */
+  bool woken;      /* a wakeup arrived since the last wait: the next does
+                      not block (px__iterate) */
+  bool wake_asked; /* ... and px_loop_wakeup asked for it: not reported
+                      yet by px_run(ONCE) or px_wait */
 
   px_bufpool *pools;      /* made for this loop, not freed yet */
   px_acceptor *acceptors; /* started on this loop, not ended yet */
@@ -235,6 +238,7 @@ struct px_loop {
   atomic_int posting; /* px_post calls that may still wake the loop */
   char pad2_[64];
   atomic_int wake_pending; /* a wakeup is on its way */
+  atomic_int user_wake;    /* ... and px_loop_wakeup asked for one */
   char pad3_[64];
 };
 

@@ -367,6 +367,8 @@ static void px__posts_drain(px_loop *loop) {
   px__posts_take(loop, NULL);
 }
 
+static void px__wake(px_loop *loop);
+
 /* The post that finds the stack empty: announced, it pushes and wakes. */
 static int px__post_first(px_loop *loop, px_op *op) {
   atomic_fetch_add(&loop->posting, 1);
@@ -379,7 +381,7 @@ static int px__post_first(px_loop *loop, px_op *op) {
     op->next = head;
   } while (!atomic_compare_exchange_weak(&loop->post_head, &head, op));
   if (head == NULL)
-    px_loop_wakeup(loop);
+    px__wake(loop);
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
   return 0;
 }
@@ -426,16 +428,29 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
  * and with the ack, the drain's exchange, the post's push and this load
  * all sequentially consistent, a post pushed after the drain sees the ack
  * (and wakes the loop), while one pushed before it is drained. */
-void px_loop_wakeup(px_loop *loop) {
-  if (loop == NULL || atomic_load(&loop->wake_pending))
+static void px__wake(px_loop *loop) {
+  if (atomic_load(&loop->wake_pending))
     return;
   if (!atomic_exchange(&loop->wake_pending, 1))
     PX__BK(loop)->wakeup(loop);
 }
 
+/* The program's wakeup is marked before it is sent, so that px_run(ONCE)
+ * and px_wait report it and not a post's own: with the mark and the ack's
+ * exchange of it sequentially consistent, either the ack sees the mark or
+ * this sees no wakeup pending and sends one. */
+void px_loop_wakeup(px_loop *loop) {
+  if (loop == NULL)
+    return;
+  atomic_store(&loop->user_wake, 1);
+  px__wake(loop);
+}
+
 void px__wake_ack(px_loop *loop) {
   atomic_store(&loop->wake_pending, 0);
   loop->woken = true;
+  if (atomic_exchange(&loop->user_wake, 0))
+    loop->wake_asked = true;
 }
 
 /* Posts pushed and not taken yet (the loop thread: only it takes them, so
@@ -459,9 +474,10 @@ static bool px__posts_waiting(px_loop *loop) {
 /* One wait and what follows it.  direct: px_run's iteration, whose plain
  * completions may go straight to their callbacks (px__complete_direct).
  * A wakeup acknowledged outside a wait (by a reap inside a submit call)
- * leaves loop->woken set: the next wait does not block, and is the one
- * that reports it.  Whoever looks at loop->woken after an iteration
- * clears it. */
+ * leaves loop->woken set: the next wait does not block (the posts it
+ * announced are taken after it).  Whoever looks at the flags after an
+ * iteration clears them; px_run(ONCE) and px_wait report a wakeup only
+ * when the program asked for it (wake_asked), not a post's own. */
 static int px__iterate(px_loop *loop, int64_t limit, bool direct) {
   loop->direct_ran = 0;
   loop->direct = direct;
@@ -521,7 +537,8 @@ static int px__run(px_loop *loop, px_run_mode mode) {
       return 0;
     bool block = mode == PX_RUN_DEFAULT || (mode == PX_RUN_ONCE && !ran);
     int r = px__iterate(loop, block ? -1 : 0, true);
-    bool woken = loop->woken;
+    bool woken = loop->wake_asked;
+    loop->wake_asked = false;
     loop->woken = false;
     int n = (int)loop->direct_ran + px__dispatch(loop);
     if (r < 0)
@@ -577,7 +594,8 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
       if (loop->ready.tail == NULL)
         loop->ready.tail = again.tail;
     }
-    if (n > 0 || loop->woken) {
+    if (n > 0 || loop->wake_asked) {
+      loop->wake_asked = false;
       loop->woken = false;
       return n;
     }
@@ -589,6 +607,7 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
       return 0;
     int r = px__iterate(loop, left, false);
     polled = true;
+    loop->woken = false; /* a post's wakeup: its posts are on the list */
     if (r < 0)
       return r;
   }
@@ -618,6 +637,7 @@ int px_loop_new(px_loop **out, const px_loop_opts *opts) {
     return PX_ENOMEM;
   atomic_init(&loop->post_head, NULL);
   atomic_init(&loop->wake_pending, 0);
+  atomic_init(&loop->user_wake, 0);
   atomic_init(&loop->posting, 0);
   loop->now = px__now_ns();
   int r = px__backend_init(loop, opts);
@@ -666,7 +686,7 @@ int px_loop_free(px_loop *loop) {
   px__dispatch(loop);
   while (px__alive(loop)) {
     int r = px__iterate(loop, 100000000, false);
-    loop->woken = false; /* nothing here waits for a wakeup */
+    loop->woken = loop->wake_asked = false; /* nothing waits for one */
     px__dispatch(loop);
     /* Ops the kernel still holds cannot be let go: report the failure and
      * keep the loop; a later px_loop_free finishes the job. */

@@ -202,6 +202,33 @@ void post_from_another_thread_wakes_wait_forever(void **state) {
   finish(loop);
 }
 
+/* A post's own wakeup is not the program's: the px_wait after the one
+ * that handed the post back still waits for the timer. */
+void wait_after_a_post_was_handed_back_waits_for_the_timer(void **state) {
+  px_loop *loop = new_loop();
+  px_op p = {0}, t = {0};
+  rec pr = {0}, tr = {0};
+  px_op *out[4];
+  (void)state;
+  assert_int_equal(px_timeout(loop, &t, 200, rec_cb, &tr), 0);
+  assert_int_equal(px_post(loop, &p, rec_cb, &pr), 0);
+  assert_int_equal(px_wait(loop, out, 4, -1), 1);
+  assert_ptr_equal(out[0], &p);
+  out[0]->cb(loop, out[0]);
+  uint64_t t0 = pt_now_ms();
+  pt_wake_at(loop, t0 + 5000);
+  int n = px_wait(loop, out, 4, -1);
+  pt_wake_cancel();
+  if (n != 1)
+    fail_msg("px_wait(-1) gave %d after %d ms, with no wakeup asked for", n,
+             (int)(pt_now_ms() - t0));
+  assert_ptr_equal(out[0], &t);
+  out[0]->cb(loop, out[0]);
+  assert_int_equal(tr.calls, 1);
+  assert_int_equal(pr.calls, 1);
+  finish(loop);
+}
+
 enum { POSTERS = 4, POSTS = 10000 };
 
 typedef struct poster {
