@@ -394,6 +394,13 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
     return PX_EBUSY;
   if (op->flags & PX__F_DL_SET)
     return PX_EINVAL; /* deadlines belong to ops on a handle */
+  /* The loop may take the op the moment it is pushed: its fields are set
+   * before, and put back if the post is refused (a loop being freed). */
+  px_cb was_cb = op->cb;
+  void *was_data = op->data;
+  px_op *was_next = op->next;
+  uint8_t was_kind = op->kind;
+  uint16_t was_flags = op->flags;
   op->cb = cb;
   op->data = data;
   op->kind = PX__OP_POST;
@@ -417,8 +424,14 @@ int px_post(px_loop *loop, px_op *op, px_cb cb, void *data) {
                                               memory_order_relaxed))
       return 0;
   }
-  if (r < 0)
+  if (r < 0) {
+    op->cb = was_cb;
+    op->data = was_data;
+    op->next = was_next;
+    op->kind = was_kind;
+    op->flags = was_flags;
     op->state = PX__IDLE;
+  }
   return r;
 }
 

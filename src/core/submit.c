@@ -39,7 +39,13 @@ static px__fdent *px__check_fd(px_loop *loop, px_fd fd) {
   return (e != NULL && e->closing == NULL) ? e : NULL;
 }
 
-static void px__fill(px_op *op, unsigned kind, px_fd fd, px_cb cb, void *data) {
+/* Fills op's common fields.  The one refusal left after it (no memory for
+ * a timer) is asked first, so that a refused op is left as it was. */
+static int px__fill(px_loop *loop, px_op *op, unsigned kind, px_fd fd, px_cb cb,
+                    void *data) {
+  if (((op->flags & PX__F_DL_SET) || kind == PX__OP_TIMEOUT) &&
+      px__heap_room(loop) < 0)
+    return PX_ENOMEM;
   op->cb = cb;
   op->data = data;
   op->kind = (uint8_t)kind;
@@ -47,6 +53,7 @@ static void px__fill(px_op *op, unsigned kind, px_fd fd, px_cb cb, void *data) {
   op->result = 0;
   op->next = NULL;
   op->heap = 0;
+  return 0;
 }
 
 /* A deadline belongs to ops on a handle; a refused submit keeps it. */
@@ -123,7 +130,9 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
   uint16_t flags =
       (uint16_t)((stream ? PX__F_STREAM : 0) | (write ? PX__F_WRITEQ : 0) |
                  (sigpipe ? PX__F_SIGPIPE : 0) | (curpos ? PX__F_CURPOS : 0));
-  px__fill(op, kind, fd, cb, data);
+  r = px__fill(loop, op, kind, fd, cb, data);
+  if (r < 0)
+    return r;
   op->buf = buf;
   op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
   op->off = e->stream ? PX_CUR : off;
@@ -191,7 +200,9 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
   px__fdent *e = px__check_fd(loop, fd);
   if (e == NULL)
     return PX_EBADF;
-  px__fill(op, PX__OP_RECV_POOLED, fd, cb, data);
+  r = px__fill(loop, op, PX__OP_RECV_POOLED, fd, cb, data);
+  if (r < 0)
+    return r;
   op->buf = pool;
   op->len = pool->size > PX__MAX_IO ? PX__MAX_IO : pool->size;
   op->off = 0;
@@ -248,7 +259,9 @@ static int px__handle_op(px_loop *loop, px_op *op, unsigned kind, px_fd fd,
    * writing; Linux's fsync does not.  One answer everywhere: refused. */
   if (kind == PX__OP_FSYNC && px__os_writable(fd) == 0)
     return PX_EBADF;
-  px__fill(op, kind, fd, cb, data);
+  r = px__fill(loop, op, kind, fd, cb, data);
+  if (r < 0)
+    return r;
   op->buf = arg;
   op->len = 0;
   op->off = kind == PX__OP_ACCEPT ? PX_INVALID_FD : 0;
@@ -294,7 +307,9 @@ int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
   px__fdent *e = px__check_fd(loop, fd);
   if (e == NULL)
     return PX_EBADF;
-  px__fill(op, PX__OP_CLOSE, fd, cb, data);
+  r = px__fill(loop, op, PX__OP_CLOSE, fd, cb, data);
+  if (r < 0)
+    return r;
   op->buf = NULL;
   op->len = 0;
   r = px__accept(loop, op, 0);
@@ -317,7 +332,9 @@ int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb, void *data) {
     return r;
   if (ms > INT64_MAX / 2000000 || px__deadline_ok(op, PX__OP_TIMEOUT) < 0)
     return PX_EINVAL;
-  px__fill(op, PX__OP_TIMEOUT, PX_INVALID_FD, cb, data);
+  r = px__fill(loop, op, PX__OP_TIMEOUT, PX_INVALID_FD, cb, data);
+  if (r < 0)
+    return r;
   op->len = loop->timer_seq++;
   op->when = px__now_ns() + (int64_t)ms * 1000000;
   op->flags = 0;
@@ -335,7 +352,9 @@ int px_nop(px_loop *loop, px_op *op, px_cb cb, void *data) {
     r = px__deadline_ok(op, PX__OP_NOP);
   if (r < 0)
     return r;
-  px__fill(op, PX__OP_NOP, PX_INVALID_FD, cb, data);
+  r = px__fill(loop, op, PX__OP_NOP, PX_INVALID_FD, cb, data);
+  if (r < 0)
+    return r;
   r = px__accept(loop, op, 0);
   if (r < 0)
     return r;
@@ -395,7 +414,9 @@ int px_cancel(px_loop *loop, px_op *op, px_op *target, px_cb cb, void *data) {
     return r;
   if (target == NULL || target == op || px__deadline_ok(op, PX__OP_CANCEL))
     return PX_EINVAL;
-  px__fill(op, PX__OP_CANCEL, PX_INVALID_FD, cb, data);
+  r = px__fill(loop, op, PX__OP_CANCEL, PX_INVALID_FD, cb, data);
+  if (r < 0)
+    return r;
   op->buf = target;
   r = px__accept(loop, op, 0);
   if (r < 0)

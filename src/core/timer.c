@@ -53,7 +53,7 @@ static void px__sift_down(px_loop *loop, uint32_t i) {
   px__heap_set(loop, i, op);
 }
 
-int px__heap_push(px_loop *loop, px_op *op) {
+int px__heap_room(px_loop *loop) {
   if (loop->heap_len == loop->heap_cap) {
     uint32_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
     px_op **h = px__realloc(loop->heap, cap * sizeof(*h));
@@ -62,6 +62,13 @@ int px__heap_push(px_loop *loop, px_op *op) {
     loop->heap = h;
     loop->heap_cap = cap;
   }
+  return 0;
+}
+
+int px__heap_push(px_loop *loop, px_op *op) {
+  int r = px__heap_room(loop);
+  if (r < 0)
+    return r;
   loop->heap[loop->heap_len] = op;
   px__sift_up(loop, loop->heap_len++);
   return 0;

@@ -65,6 +65,35 @@ void post_from_callback_during_free_is_refused_with_eshutdown(void **state) {
   assert_int_equal(r.order, PX_ESHUTDOWN);
 }
 
+typedef struct other_post {
+  px_op *other;
+  px_op before;
+  int rc, same;
+} other_post;
+
+static void post_other_cb(px_loop *loop, px_op *op) {
+  other_post *o = op->data;
+  o->rc = px_post(loop, o->other, rec_cb, NULL);
+  o->same = memcmp(o->other, &o->before, sizeof(px_op)) == 0;
+}
+
+/* A refused post leaves the op as it was: here one that completed a nop
+ * before, posted from a callback that px_loop_free runs. */
+void refused_post_leaves_the_op_as_it_was(void **state) {
+  px_loop *loop = new_loop();
+  px_op trigger = {0}, other = {0};
+  rec nr = {0};
+  other_post o = {&other, {0}, 0, 0};
+  (void)state;
+  assert_int_equal(px_nop(loop, &other, rec_cb, &nr), 0);
+  RUN_UNTIL(loop, nr.calls == 1, 2000);
+  memcpy(&o.before, &other, sizeof(other));
+  assert_int_equal(px_post(loop, &trigger, post_other_cb, &o), 0);
+  assert_int_equal(px_loop_free(loop), 0);
+  assert_int_equal(o.rc, PX_ESHUTDOWN);
+  assert_true(o.same);
+}
+
 void deadline_of_centuries_neither_overflows_nor_fires(void **state) {
   px_loop *loop = new_loop();
   px_fd sp[2];

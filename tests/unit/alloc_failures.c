@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "px.h"
 
@@ -104,9 +105,53 @@ every_failing_allocation_gives_enomem_and_leaks_nothing(void **state) {
   assert_true(failures >= 5);
 }
 
+static void noop_cb(px_loop *loop, px_op *op) {
+  (void)loop, (void)op;
+}
+
+/* Out of memory for the timer heap: a timer, and an op with a deadline,
+ * are refused with PX_ENOMEM and left exactly as they were. */
+static void submit_refused_for_memory_leaves_the_op_as_it_was(void **state) {
+  px_loop *loop = NULL;
+  px_fd sp[2];
+  px_op op, before;
+  char buf[8];
+  int marker;
+  (void)state;
+  assert_int_equal(px_replace_allocator(fail_malloc, fail_realloc, fail_free),
+                   0);
+  g_countdown = -1; /* nothing fails while the loop is made */
+  assert_int_equal(px_loop_new(&loop, NULL), 0);
+  assert_int_equal(px_socketpair(loop, sp), 0);
+  px_op_init(&op);
+  op.cb = noop_cb;
+  op.data = &marker;
+  memcpy(&before, &op, sizeof(op));
+  g_countdown = 0; /* the heap's first allocation fails */
+  assert_int_equal(px_timeout(loop, &op, 10, NULL, NULL), PX_ENOMEM);
+  assert_memory_equal(&op, &before, sizeof(op));
+  assert_int_equal(px_op_deadline(&op, 1000), 0);
+  memcpy(&before, &op, sizeof(op));
+  g_countdown = 0;
+  assert_int_equal(px_recv(loop, &op, sp[0], buf, sizeof(buf), NULL, NULL),
+                   PX_ENOMEM);
+  assert_memory_equal(&op, &before, sizeof(op));
+  g_countdown = -1;
+  /* With memory, the same op goes: the deadline it kept fires. */
+  assert_int_equal(px_recv(loop, &op, sp[0], buf, sizeof(buf), NULL, NULL), 0);
+  assert_int_equal(px_fd_close(loop, sp[1]), 0);
+  px_op *out[1];
+  assert_int_equal(px_wait(loop, out, 1, 5000), 1);
+  assert_ptr_equal(out[0], &op);
+  assert_int_equal(op.result, 0); /* the peer's end of the stream */
+  assert_int_equal(px_fd_close(loop, sp[0]), 0);
+  assert_int_equal(px_loop_free(loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_failing_allocation_gives_enomem_and_leaks_nothing),
+      cmocka_unit_test(submit_refused_for_memory_leaves_the_op_as_it_was),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
