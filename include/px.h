@@ -290,8 +290,9 @@ PX_API int px_file_size(px_fd fd, uint64_t *size);
  * to change that).  Adopting a handle the loop already knows does nothing. */
 PX_API int px_adopt(px_loop *loop, px_fd fd);
 /* Closes a handle now, outside any op.  Refused with PX_EBUSY while ops on it
- * are in flight (use px_close).  loop may be NULL for a handle no live loop
- * knows (never adopted, or its loop was freed). */
+ * are in flight (use px_close), and with PX_EBADF once px_close was
+ * submitted for it.  loop may be NULL for a handle no live loop knows
+ * (never adopted, or its loop was freed). */
 PX_API int px_fd_close(px_loop *loop, px_fd fd);
 /* The loop forgets a handle without closing it (no op may be in flight):
  * it is then the caller's, for px_adopt by another loop (a connection

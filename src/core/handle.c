@@ -49,15 +49,24 @@ static px__fdent *px__fd_settled(px_loop *loop, px_fd fd, bool *busy) {
   return e;
 }
 
-int px_fd_close(px_loop *loop, px_fd fd) {
+int px__fd_closable(px_loop *loop, px_fd fd) {
   if (fd < 0)
     return PX_EBADF;
+  if (loop == NULL)
+    return 0;
+  bool busy;
+  px__fdent *e = px__fd_settled(loop, fd, &busy);
+  if (e != NULL && e->closing != NULL)
+    return PX_EBADF; /* not known since px_close, which closes it */
+  return busy ? PX_EBUSY : 0;
+}
+
+int px_fd_close(px_loop *loop, px_fd fd) {
+  int r = px__fd_closable(loop, fd);
+  if (r < 0)
+    return r;
   if (loop != NULL) {
-    bool busy;
-    px__fdent *e = px__fd_settled(loop, fd, &busy);
-    if (busy)
-      return PX_EBUSY;
-    if (e != NULL && PX__BK(loop)->release != NULL)
+    if (px__fd_get(loop, fd) != NULL && PX__BK(loop)->release != NULL)
       PX__BK(loop)->release(loop, fd);
     px__fd_forget(loop, fd);
   }
@@ -69,8 +78,8 @@ int px_fd_release(px_loop *loop, px_fd fd) {
     return PX_EINVAL;
   bool busy;
   px__fdent *e = px__fd_settled(loop, fd, &busy);
-  if (e == NULL)
-    return PX_EBADF;
+  if (e == NULL || e->closing != NULL)
+    return PX_EBADF; /* unknown, or not known since px_close */
   if (busy)
     return PX_EBUSY;
 #ifdef _WIN32

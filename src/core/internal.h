@@ -402,6 +402,9 @@ static inline void px__complete_direct(px_loop *loop, px_op *op,
   px__run_cb(loop, op);
 }
 void px__close_start(px_loop *loop, px__fdent *e); /* e->closing starts */
+/* handle.c: 0 when px_fd_close may close fd now, else its refusal
+ * (PX_EBADF, PX_EBUSY); loop NULL: a handle no live loop knows. */
+int px__fd_closable(px_loop *loop, px_fd fd);
 /* acceptor.c: px_loop_free stops the loop's acceptors (each goes once
  * its accepts are done). */
 void px__acceptors_stop(px_loop *loop);

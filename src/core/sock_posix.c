@@ -117,7 +117,10 @@ int px_adopt(px_loop *loop, px_fd fd) {
 
 int px_fd_close_reset(px_loop *loop, px_fd fd) {
   struct linger lg = {.l_onoff = 1, .l_linger = 0};
-  if (fd >= 0 && fd <= INT32_MAX)
+  int r = px__fd_closable(loop, fd); /* refused: the socket keeps its linger */
+  if (r < 0)
+    return r;
+  if (fd <= INT32_MAX)
     setsockopt((int)fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
   return px_fd_close(loop, fd);
 }

@@ -278,6 +278,8 @@ void submit_after_close_is_refused_with_ebadf(void **state) {
   assert_int_equal(px_close(loop, &cop, sp[0], rec_cb, &cr), 0);
   assert_int_equal(px_recv(loop, &op, sp[0], buf, sizeof(buf), rec_cb, &r),
                    PX_EBADF);
+  /* Not known any more, whether the close has started or not. */
+  assert_int_equal(px_fd_release(loop, sp[0]), PX_EBADF);
   RUN_UNTIL(loop, cr.calls == 1, 5000);
   assert_int_equal(cr.result, 0);
   assert_int_equal(px_recv(loop, &op, sp[0], buf, sizeof(buf), rec_cb, &r),
@@ -289,6 +291,27 @@ void submit_after_close_is_refused_with_ebadf(void **state) {
   assert_int_equal(cr.calls, 1);
   /* The peer sees the close as end of stream. */
   assert_int_equal(sync_recv(loop, sp[1], buf, sizeof(buf)), 0);
+  close_fd(loop, sp[1]);
+  finish(loop);
+}
+
+/* The same while the close waits for a receive it cancels. */
+void handle_closing_behind_a_receive_is_not_known(void **state) {
+  px_loop *loop = new_loop();
+  px_fd sp[2];
+  px_op cop = {0}, rop = {0};
+  rec cr = {0}, rr = {0};
+  char buf[8];
+  (void)state;
+  socketpair_new(loop, sp);
+  assert_int_equal(px_recv(loop, &rop, sp[0], buf, sizeof(buf), rec_cb, &rr),
+                   0);
+  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1); /* the receive waits */
+  assert_int_equal(px_close(loop, &cop, sp[0], rec_cb, &cr), 0);
+  assert_int_equal(px_fd_release(loop, sp[0]), PX_EBADF);
+  RUN_UNTIL(loop, cr.calls == 1 && rr.calls == 1, 5000);
+  assert_int_equal(rr.result, PX_ECANCELED);
+  assert_int_equal(cr.result, 0);
   close_fd(loop, sp[1]);
   finish(loop);
 }
