@@ -27,8 +27,10 @@
 #define PT_ARCH AUDIT_ARCH_RISCV64
 #endif
 
-int pt_block_io_uring(int err) {
-#if defined(PT_ARCH) && defined(__NR_io_uring_setup)
+#ifdef PT_ARCH
+/* Installs a filter that makes the calls numbered nr[0..n-1] fail with
+ * err (at most 4). */
+static int pt_fail_calls(const long *nr, int n, int err) {
   struct sock_filter prog[] = {
       /* Another architecture's system call numbers mean other calls: a
        * process of this test never makes one, so it is killed. */
@@ -36,9 +38,10 @@ int pt_block_io_uring(int err) {
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PT_ARCH, 1, 0),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
       BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 3, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_enter, 2, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 1, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr[0], 4, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr[n > 1], 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr[n > 2 ? 2 : 0], 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr[n > 3 ? 3 : 0], 1, 0),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
       BPF_STMT(BPF_RET | BPF_K,
                SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
@@ -57,6 +60,30 @@ int pt_block_io_uring(int err) {
     return -1;
   }
   return 0;
+}
+#endif
+
+int pt_block_io_uring(int err) {
+#if defined(PT_ARCH) && defined(__NR_io_uring_setup)
+  static const long nr[] = {__NR_io_uring_setup, __NR_io_uring_enter,
+                            __NR_io_uring_register};
+  return pt_fail_calls(nr, 3, err);
+#else
+  (void)err;
+  fprintf(stderr, "no seccomp filter for this architecture\n");
+  return -1;
+#endif
+}
+
+int pt_fail_accept(int err) {
+#if defined(PT_ARCH) && defined(__NR_accept4)
+#ifdef __NR_accept
+  static const long nr[] = {__NR_accept4, __NR_accept};
+  return pt_fail_calls(nr, 2, err);
+#else
+  static const long nr[] = {__NR_accept4};
+  return pt_fail_calls(nr, 1, err);
+#endif
 #else
   (void)err;
   fprintf(stderr, "no seccomp filter for this architecture\n");

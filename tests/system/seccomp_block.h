@@ -9,6 +9,11 @@
  * architecture this file does not know). */
 int pt_block_io_uring(int err);
 
+/* Makes accept and accept4 fail with err in the calling thread and every
+ * thread and process it starts from now on (a descriptor table that is
+ * full, without filling one).  Returns 0, or -1 as pt_block_io_uring. */
+int pt_fail_accept(int err);
+
 /* The errno value named (EPERM, ENOSYS, ...), or 0 for a name not known. */
 int pt_errno_by_name(const char *name);
 
