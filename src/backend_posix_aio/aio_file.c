@@ -31,7 +31,14 @@
  *   descriptor carries at most one request: for parallel requests on one
  *   file the backend dup()s the descriptor ("lanes", up to 32 per file,
  *   made on demand and closed with the handle); a 33rd op waits on the
- *   loop side for a lane to free.  On glibc the worker-thread limit is
+ *   loop side for a lane to free.  Lanes stay open while their handle is
+ *   known, so those of the whole process are held to a quarter of the
+ *   soft RLIMIT_NOFILE: with 1000 files each read in parallel once, 31,000
+ *   descriptors would otherwise leave the program none (its accepts fail
+ *   with EMFILE).  Closing a lane, like any close of a file's descriptor,
+ *   drops the process's fcntl (F_SETLK) record locks on that file: when
+ *   px lets go of a handle that had lanes (px_close, px_fd_release,
+ *   px_loop_free) such locks go with it; OFD locks and flock() stay.  On glibc the worker-thread limit is
  *   raised with aio_init (a GNU extension, so not in the plain-POSIX poll
  *   build).  On page-cache reads parallel requests cost more in thread
  *   hand-offs than they gain; on a device they are what gives the depth.
@@ -81,8 +88,10 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #if defined(__linux__) && defined(_GNU_SOURCE)
 #include <sys/uio.h>
@@ -550,6 +559,22 @@ int px__aio_notify_fd(const px__pa *pa) {
 
 /* ---- Lanes: descriptors of one file that libc runs in parallel. -------- */
 
+/* Extra descriptors (lanes beyond each file's own) open in the process,
+ * over all loops: they stay until their file's handle goes, so they are
+ * held to a quarter of the soft descriptor limit (read when one is about
+ * to be made, so a raised limit counts), and the program keeps the rest
+ * (its accepts would fail with EMFILE otherwise). */
+static atomic_uint px__lanes_open;
+
+static bool px__lane_budget_left(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return false;
+  if (rl.rlim_cur == RLIM_INFINITY)
+    return true;
+  return atomic_load(&px__lanes_open) < rl.rlim_cur / 4;
+}
+
 /* A lane of fd with no request on it (made if needed), or -1 when all
  * PX__LANES are busy (or no more can be made): glibc must never hold two
  * requests of one descriptor, because a cancelled first request can leave
@@ -573,11 +598,12 @@ static int px__lane_pick(px__pfd *f, int fd, uint8_t *lane) {
       return l->fd[i];
     }
   }
-  if (l->n == PX__LANES)
+  if (l->n == PX__LANES || !px__lane_budget_left())
     return -1;
   int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (d < 0)
     return -1;
+  atomic_fetch_add(&px__lanes_open, 1);
   l->fd[l->n] = d;
   l->busy[l->n] = 0;
   *lane = l->n++;
@@ -602,6 +628,7 @@ void px__aio_release_fd(px__pa *pa, px__pfd *f) {
     return;
   for (uint8_t i = 1; i < f->lanes->n; i++)
     close(f->lanes->fd[i]);
+  atomic_fetch_sub(&px__lanes_open, (unsigned)f->lanes->n - 1u);
   px__free(f->lanes);
   f->lanes = NULL;
 }

@@ -60,6 +60,7 @@ int px__fd_register(px_loop *loop, px_fd fd, bool stream) {
   e->known = 1;
   e->stream = stream;
   e->direct = !stream && px__os_is_direct(fd);
+  e->append = !stream && px__os_is_append(fd);
   return 0;
 }
 

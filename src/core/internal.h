@@ -161,7 +161,8 @@ typedef struct px__fdent {
   uint8_t busy[2];   /* a stream op of that direction is started */
   uint8_t known;
   uint8_t stream; /* not a regular file: pipe, socket, device */
-  uint8_t append; /* Windows: opened with PX_O_APPEND */
+  uint8_t append; /* a file whose writes go to its end (O_APPEND, or on
+                     Windows opened with PX_O_APPEND): writes are ordered */
   uint8_t direct; /* a file opened for direct I/O (O_DIRECT): PX__F_EAGER */
 } px__fdent;
 
@@ -437,6 +438,7 @@ int px__os_close(px_fd fd);
 int px__os_is_stream(px_fd fd);  /* 1, 0, or a PX_E* code */
 int px__os_writable(px_fd fd);   /* open for writing: 1, 0, or a PX_E* code */
 bool px__os_is_direct(px_fd fd); /* a file open for direct I/O */
+bool px__os_is_append(px_fd fd); /* a file whose writes go to its end */
 /* POSIX: after op, at PX_CUR, started at pos and moved `moved` bytes,
  * sets its handle's position where read(2)/write(2) would have left it (the
  * end of the file after a write to an O_APPEND file).  For backends whose

@@ -87,6 +87,11 @@ bool px__os_is_direct(px_fd fd) {
 #endif
 }
 
+bool px__os_is_append(px_fd fd) {
+  int fl = fcntl((int)fd, F_GETFL);
+  return fl >= 0 && (fl & O_APPEND) != 0;
+}
+
 void px__os_pos_advance(const px_op *op, int64_t pos, int64_t moved) {
   int fd = (int)op->fd;
   int fl = px__dir_of(op) ? fcntl(fd, F_GETFL) : 0; /* a write */

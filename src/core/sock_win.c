@@ -79,6 +79,12 @@ bool px__os_is_direct(px_fd fd) {
   return false;
 }
 
+/* A handle does not carry O_APPEND: px_file_open marks its own. */
+bool px__os_is_append(px_fd fd) {
+  (void)fd;
+  return false;
+}
+
 int px__os_writable(px_fd fd) {
   PUBLIC_OBJECT_BASIC_INFORMATION info;
   ULONG len;

@@ -123,8 +123,11 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
   /* Pipes and sockets are streams whatever offset is given, and the offset
    * is dropped (io_uring's positional calls refuse one there with ESPIPE,
    * where read() and WriteFile ignore it); a regular file is a stream only
-   * at PX_CUR.  Writes to a stream other than send() may raise SIGPIPE. */
-  bool stream = e->stream || off == PX_CUR;
+   * at PX_CUR, and for writes when it appends: each lands whole at its
+   * end, in submission order, though POSIX AIO and IOCP write a vector one
+   * segment at a time.  Writes to a stream other than send() may raise
+   * SIGPIPE. */
+  bool stream = e->stream || off == PX_CUR || (write && e->append);
   bool sigpipe = e->stream && (kind == PX__OP_WRITE || kind == PX__OP_WRITEV);
   bool curpos = e->direct && off == PX_CUR; /* direct: never a stream */
   uint16_t flags =

@@ -593,6 +593,15 @@ unsigned pt_fd_limit_raise(unsigned want) {
   return want;
 }
 
+int pt_fd_limit_set(unsigned want, unsigned *old) {
+  (void)want, (void)old;
+  return -1;
+}
+
+unsigned pt_fd_headroom(unsigned max) {
+  return max;
+}
+
 int pt_sock_bufs(px_fd fd, int bytes, int *snd, int *rcv) {
   SOCKET s = (SOCKET)fd;
   int len = (int)sizeof(int);
@@ -640,6 +649,28 @@ unsigned pt_fd_limit_raise(unsigned want) {
   return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 0xffffffffu
              ? 0xffffffffu
              : (unsigned)rl.rlim_cur;
+}
+
+int pt_fd_limit_set(unsigned want, unsigned *old) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return -1;
+  *old = rl.rlim_cur > 0xffffffffu ? 0xffffffffu : (unsigned)rl.rlim_cur;
+  rl.rlim_cur = (rlim_t)want;
+  return setrlimit(RLIMIT_NOFILE, &rl) == 0 ? 0 : -1;
+}
+
+unsigned pt_fd_headroom(unsigned max) {
+  int *fds = calloc(max, sizeof(int));
+  unsigned n = 0;
+  if (fds == NULL)
+    return 0;
+  while (n < max && (fds[n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+    n++;
+  for (unsigned i = 0; i < n; i++)
+    close(fds[i]);
+  free(fds);
+  return n;
 }
 
 int pt_sock_bufs(px_fd fd, int bytes, int *snd, int *rcv) {

@@ -120,6 +120,14 @@ void pt_wake_cancel(void);
  * platform has no such limit. */
 unsigned pt_fd_limit_raise(unsigned want);
 
+/* Sets the soft limit on open descriptors to want, storing the one in
+ * force before in *old (for a later call to put it back).  Returns 0, or
+ * -1 where the platform has no such limit (Windows) or it cannot be set. */
+int pt_fd_limit_set(unsigned want, unsigned *old);
+/* Opens as many descriptors (of /dev/null) as it can, up to max, closes
+ * them and returns how many it got: what is left of the limit. */
+unsigned pt_fd_headroom(unsigned max);
+
 /* Asks for socket buffers of bytes each way (SO_SNDBUF, SO_RCVBUF); the
  * system raises a request below its minimum to that minimum.  The sizes in
  * force are stored in *snd and *rcv (either may be NULL).  Returns 0 or -1. */

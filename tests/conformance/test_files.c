@@ -474,6 +474,128 @@ void file_append_write_at_cur_leaves_the_position_at_the_end(void **state) {
   finish(loop);
 }
 
+/* Writes to a file opened to append, at offsets, at PX_CUR, vectors and
+ * not, all in flight together: each lands whole at the end, in the order
+ * they were submitted (a vector's segments are never split by another). */
+void file_append_writes_land_whole_in_submission_order(void **state) {
+  enum { W = 6 };
+  px_loop *loop = new_loop();
+  char path[512], back[64];
+  px_fd fd = temp_file(loop, path, sizeof(path)), afd;
+  px_iov v[3][2] = {{{"AAAA", 4}, {"aaaa", 4}},
+                    {{"BBBB", 4}, {"bbbb", 4}},
+                    {{"CCCC", 4}, {"cccc", 4}}};
+  px_op ops[W];
+  rec r[W];
+  (void)state;
+  memset(ops, 0, sizeof(ops));
+  memset(r, 0, sizeof(r));
+  assert_int_equal(px_file_open(loop, path, PX_O_WRONLY | PX_O_APPEND, 0, &afd),
+                   0);
+  assert_int_equal(px_writev(loop, &ops[0], afd, v[0], 2, 0, rec_cb, &r[0]), 0);
+  assert_int_equal(px_writev(loop, &ops[1], afd, v[1], 2, 100, rec_cb, &r[1]),
+                   0);
+  assert_int_equal(px_write(loop, &ops[2], afd, "DDDD", 4, 0, rec_cb, &r[2]),
+                   0);
+  assert_int_equal(
+      px_writev(loop, &ops[3], afd, v[2], 2, PX_CUR, rec_cb, &r[3]), 0);
+  assert_int_equal(px_write(loop, &ops[4], afd, "EEEE", 4, 7, rec_cb, &r[4]),
+                   0);
+  assert_int_equal(
+      px_write(loop, &ops[5], afd, "FFFF", 4, PX_CUR, rec_cb, &r[5]), 0);
+  RUN_UNTIL(loop,
+            r[0].calls == 1 && r[1].calls == 1 && r[2].calls == 1 &&
+                r[3].calls == 1 && r[4].calls == 1 && r[5].calls == 1,
+            5000);
+  static const int want_len[W] = {8, 8, 4, 8, 4, 4};
+  for (int i = 0; i < W; i++)
+    assert_int_equal(r[i].result, want_len[i]);
+  const char *want = "AAAAaaaaBBBBbbbbDDDDCCCCccccEEEEFFFF";
+  assert_int_equal(sync_read(loop, fd, back, sizeof(back), 0),
+                   (int)strlen(want));
+  if (memcmp(back, want, strlen(want)) != 0)
+    fail_msg("the file holds \"%.*s\", not \"%s\"", (int)strlen(want), back,
+             want);
+  close_fd(loop, afd);
+  close_fd(loop, fd);
+  assert_int_equal(remove(path), 0);
+  finish(loop);
+}
+
+/* ---- Parallel file I/O under a small descriptor limit. ------------------ */
+
+enum { LIM_FILES = 8, LIM_WRITES = 40, LIM_FDS = 256 };
+
+/* With the limit at 256 descriptors: 40 writes in flight on each of 8
+ * files.  0 when all completed and at least half the limit was still free
+ * for the program once they had, else a check's number.  (In this
+ * process, not a child: glibc's AIO does not survive a fork.) */
+static int lim_run(unsigned *left) {
+  static char block[LIM_WRITES][512];
+  static px_op ops[LIM_FILES][LIM_WRITES];
+  static rec r[LIM_FILES][LIM_WRITES];
+  char path[LIM_FILES][512];
+  px_fd fd[LIM_FILES];
+  int opened = 0, rc = 0;
+  px_loop *loop = new_loop();
+  memset(ops, 0, sizeof(ops));
+  memset(r, 0, sizeof(r));
+  for (; opened < LIM_FILES && rc == 0; opened++) {
+    int f = opened;
+    if (pt_temp_path(path[f], sizeof(path[f]), "lim") != 0 ||
+        px_file_open(loop, path[f], PX_O_RDWR | PX_O_CREAT | PX_O_TRUNC, 0600,
+                     &fd[f]) != 0) {
+      rc = 1;
+      break;
+    }
+    for (int w = 0; w < LIM_WRITES && rc == 0; w++)
+      if (px_write(loop, &ops[f][w], fd[f], block[w], sizeof(block[w]),
+                   (int64_t)w * 512, rec_cb, &r[f][w]) != 0)
+        rc = 2;
+  }
+  if (px_run(loop, PX_RUN_DEFAULT) != 0 && rc == 0)
+    rc = 3;
+  for (int f = 0; f < opened && rc == 0; f++)
+    for (int w = 0; w < LIM_WRITES; w++)
+      if (r[f][w].calls != 1 || r[f][w].result != 512)
+        rc = 4;
+  *left = pt_fd_headroom(LIM_FDS);
+  for (int f = 0; f < opened; f++) {
+    if (px_fd_close(loop, fd[f]) != 0 && rc == 0)
+      rc = 5;
+    remove(path[f]);
+  }
+  finish(loop);
+  return rc;
+}
+
+/* Parallel requests on one file may take extra descriptors (posix_aio's
+ * lanes); a program with many files and a small limit keeps most of it. */
+void parallel_writes_on_many_files_leave_descriptors_for_the_program(
+    void **state) {
+  unsigned old, left = 0, dummy;
+  (void)state;
+  if (pt_fd_limit_set(LIM_FDS, &old) != 0) {
+    printf("           skipped: no descriptor limit to set here\n");
+    skip();
+  }
+  unsigned before = pt_fd_headroom(LIM_FDS);
+  if (before < LIM_FDS - 64) {
+    pt_fd_limit_set(old, &dummy);
+    printf("           skipped: %u descriptors open already\n",
+           LIM_FDS - before);
+    skip();
+  }
+  int rc = lim_run(&left);
+  pt_fd_limit_set(old, &dummy);
+  printf("           %u of %d descriptors left for the program\n", left,
+         LIM_FDS);
+  if (rc != 0)
+    fail_msg("check %d failed", rc);
+  if (left < LIM_FDS / 2)
+    fail_msg("the program has %u of %d descriptors left", left, LIM_FDS);
+}
+
 void file_readv_and_writev_skip_empty_segments(void **state) {
   px_loop *loop = new_loop();
   char path[512], a[3], b[4], all[8];
