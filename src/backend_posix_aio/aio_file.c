@@ -38,10 +38,11 @@
  *   with EMFILE).  Closing a lane, like any close of a file's descriptor,
  *   drops the process's fcntl (F_SETLK) record locks on that file: when
  *   px lets go of a handle that had lanes (px_close, px_fd_release,
- *   px_loop_free) such locks go with it; OFD locks and flock() stay.  On glibc the worker-thread limit is
- *   raised with aio_init (a GNU extension, so not in the plain-POSIX poll
- *   build).  On page-cache reads parallel requests cost more in thread
- *   hand-offs than they gain; on a device they are what gives the depth.
+ *   px_loop_free) such locks go with it; OFD locks and flock() stay.  On glibc
+ * the worker-thread limit is raised with aio_init (a GNU extension, so not in
+ * the plain-POSIX poll build).  On page-cache reads parallel requests cost more
+ * in thread hand-offs than they gain; on a device they are what gives the
+ * depth.
  * - POSIX AIO has no vectored request: readv/writev run their segments
  *   one after the other, and a short segment ends the op (a short read or
  *   write, as preadv would report it).
@@ -71,7 +72,7 @@
  *   call and two thread hand-offs (measured: bench/RESULTS.md, case 4).
  *   Not tried: on a handle opened O_DIRECT (a direct read would wait for
  *   the device on the loop thread), where the kernel refuses the flag
- *   (EOPNOTSUPP, EINVAL, ENOSYS: the handle is not asked again), and for
+ *   (EOPNOTSUPP, ENOSYS: the handle is not asked again), and for
  *   writes (a buffered write may wait on dirty-page throttling).  The
  *   O_DIRECT check is made once per handle: a flag changed later with
  *   fcntl is not seen.
@@ -692,8 +693,11 @@ static bool px__read_cached(px__pa *pa, px__pfd *f, px_op *op, int64_t off) {
     return false;
   ssize_t got = preadv2((int)op->fd, iov, n, (off_t)off, RWF_NOWAIT);
   if (got < 0) {
-    if (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)
-      f->nowait = 2; /* the kernel or the file system says never */
+    /* The kernel or the file system says never.  Not EINVAL: that is this
+     * read's own arguments (an offset past what a file can hold), and AIO
+     * answers it the same; the next read may well be cached. */
+    if (errno == EOPNOTSUPP || errno == ENOSYS)
+      f->nowait = 2;
     return false;
   }
   if ((size_t)got != want)
