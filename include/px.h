@@ -287,7 +287,9 @@ PX_API int px_file_size(px_fd fd, uint64_t *size);
 /* Makes a handle created elsewhere usable with this loop.  A file's
  * O_DIRECT is read here, once: set or cleared with fcntl later, the loop
  * goes on treating the handle as adopted (px_fd_release and px_adopt again
- * to change that).  Adopting a handle the loop already knows does nothing. */
+ * to change that).  Adopting a handle the loop already knows does nothing.
+ * Windows: PX_EINVAL for a handle opened without FILE_FLAG_OVERLAPPED (or a
+ * console), PX_EBUSY for one another loop has adopted. */
 PX_API int px_adopt(px_loop *loop, px_fd fd);
 /* Closes a handle now, outside any op.  Refused with PX_EBUSY while ops on it
  * are in flight (use px_close), and with PX_EBADF once px_close was

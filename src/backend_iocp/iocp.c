@@ -226,8 +226,11 @@ static int px__iocp_adopt(px_loop *loop, px_fd fd) {
     return kind;
   if (CreateIoCompletionPort((HANDLE)fd, u->port, PX__KEY_IO, 0) == NULL) {
     DWORD e = GetLastError();
-    /* Already tied to another loop's port. */
-    return e == ERROR_INVALID_PARAMETER ? PX_EBUSY : px__win_error(e);
+    if (e != ERROR_INVALID_PARAMETER)
+      return px__win_error(e);
+    /* A handle for synchronous I/O or a console can have no port; any
+     * other is tied to another loop's already. */
+    return kind == PX__H_CHAR || px__win_synchronous(fd) ? PX_EINVAL : PX_EBUSY;
   }
   px__ih *h = px__ih_make(u, fd);
   if (h == NULL)

@@ -30,9 +30,11 @@ int px__win_error(unsigned long err) {
     case ERROR_NO_DATA:     /* ... while writing */
     case ERROR_PIPE_NOT_CONNECTED:
     case ERROR_GRACEFUL_DISCONNECT:
+    case WSAEDISCON:   /* the peer began a graceful close */
     case WSAESHUTDOWN: /* sending after shutdown(SD_SEND) */
       return PX_EPIPE;
     case ERROR_SEM_TIMEOUT:
+    case ERROR_TIMEOUT:
     case WAIT_TIMEOUT:
     case WSAETIMEDOUT:
       return PX_ETIMEDOUT;
@@ -40,6 +42,10 @@ int px__win_error(unsigned long err) {
     case ERROR_PATH_NOT_FOUND:
     case ERROR_NOT_FOUND:
     case ERROR_INVALID_DRIVE:
+    case ERROR_INVALID_NAME: /* a character no Windows name may hold */
+    case ERROR_BAD_PATHNAME: /* as MSVC's C library and libuv map them */
+    case ERROR_BAD_NETPATH:
+    case ERROR_BAD_NET_NAME:
       return PX_ENOENT;
     case ERROR_FILE_EXISTS:
     case ERROR_ALREADY_EXISTS:
@@ -81,6 +87,7 @@ int px__win_error(unsigned long err) {
     case ERROR_SHARING_VIOLATION:
     case ERROR_LOCK_VIOLATION:
     case ERROR_BUSY:
+    case ERROR_PIPE_BUSY: /* every instance of a named pipe is taken */
       return PX_EBUSY;
     case ERROR_NOT_SUPPORTED:
     case ERROR_CALL_NOT_IMPLEMENTED:

@@ -449,8 +449,9 @@ void px__os_pos_advance(const px_op *op, int64_t pos, int64_t moved);
 int px__win_error(unsigned long err);
 /* sock_win.c: a handle's kind, for the backend's choice of call. */
 enum { PX__H_FILE = 1, PX__H_SOCKET, PX__H_PIPE, PX__H_CHAR };
-int px__win_kind(px_fd fd); /* PX__H_* or a PX_E* code */
-int px__win_startup(void);  /* Winsock, once: 0 or a PX_E* code */
+int px__win_kind(px_fd fd);         /* PX__H_* or a PX_E* code */
+bool px__win_synchronous(px_fd fd); /* opened without FILE_FLAG_OVERLAPPED */
+int px__win_startup(void);          /* Winsock, once: 0 or a PX_E* code */
 #endif
 
 /*

@@ -79,6 +79,19 @@ bool px__os_is_direct(px_fd fd) {
   return false;
 }
 
+/* A file or pipe opened without FILE_FLAG_OVERLAPPED: its I/O is
+ * synchronous, and a completion port refuses it (FileModeInformation's
+ * FILE_SYNCHRONOUS_IO_ALERT or _NONALERT; no header of mingw-w64 names
+ * them). */
+bool px__win_synchronous(px_fd fd) {
+  IO_STATUS_BLOCK iosb;
+  ULONG mode = 0;
+  if (NtQueryInformationFile((HANDLE)fd, &iosb, &mode, sizeof(mode),
+                             (FILE_INFORMATION_CLASS)16) < 0)
+    return false;
+  return (mode & (0x10u | 0x20u)) != 0;
+}
+
 /* A handle does not carry O_APPEND: px_file_open marks its own. */
 bool px__os_is_append(px_fd fd) {
   (void)fd;

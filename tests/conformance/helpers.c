@@ -554,11 +554,30 @@ int pt_raw_send_urgent(px_fd fd, const void *buf, size_t len) {
 }
 
 #ifdef _WIN32
+px_fd pt_sync_file(const char *path) {
+  HANDLE h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, 0, NULL,
+                         CREATE_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
+  return h == INVALID_HANDLE_VALUE ? PX_INVALID_FD : (px_fd)h;
+}
+
+void pt_sync_file_close(px_fd fd) {
+  CloseHandle((HANDLE)fd);
+}
+
 int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len) {
   (void)fd, (void)buf, (void)len;
   return -1;
 }
 #else
+px_fd pt_sync_file(const char *path) {
+  (void)path;
+  return PX_INVALID_FD;
+}
+
+void pt_sync_file_close(px_fd fd) {
+  (void)fd;
+}
+
 int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len) {
   int passed = (int)fd;
   union {

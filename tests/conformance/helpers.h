@@ -97,6 +97,12 @@ int pt_raw_send_urgent(px_fd fd, const void *buf, size_t len);
  * a descriptor (SCM_RIGHTS, a copy of fd itself).  Bytes sent, or -1 (and
  * always -1 where there is no such message: Windows). */
 int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len);
+/* Windows: path created (or truncated) and opened for synchronous I/O
+ * (no FILE_FLAG_OVERLAPPED), a handle no loop knows.  PX_INVALID_FD
+ * elsewhere: POSIX descriptors have no such mode. */
+px_fd pt_sync_file(const char *path);
+/* Closes a handle of pt_sync_file. */
+void pt_sync_file_close(px_fd fd);
 /* Closes a raw socket no loop knows. */
 void pt_raw_close(px_fd fd);
 

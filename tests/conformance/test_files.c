@@ -522,6 +522,25 @@ void file_append_writes_land_whole_in_submission_order(void **state) {
   finish(loop);
 }
 
+/* A handle made for synchronous I/O (Windows, without FILE_FLAG_OVERLAPPED)
+ * cannot be adopted: PX_EINVAL, not PX_EBUSY, which means "another loop's". */
+void adopt_of_a_handle_for_synchronous_io_gives_einval(void **state) {
+  char path[512];
+  (void)state;
+  assert_int_equal(pt_temp_path(path, sizeof(path), "sync"), 0);
+  px_fd h = pt_sync_file(path);
+  if (h == PX_INVALID_FD) {
+    printf("           skipped: handles here have no synchronous mode\n");
+    skip();
+  }
+  px_loop *loop = new_loop();
+  int rc = px_adopt(loop, h);
+  pt_sync_file_close(h);
+  remove(path);
+  finish(loop);
+  assert_int_equal(rc, PX_EINVAL);
+}
+
 /* ---- Parallel file I/O under a small descriptor limit. ------------------ */
 
 enum { LIM_FILES = 8, LIM_WRITES = 40, LIM_FDS = 256 };
