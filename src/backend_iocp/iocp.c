@@ -356,26 +356,34 @@ static int px__accept_start(px__iocp *u, px_op *op, px__ih *lh) {
   px__abuf *b = px__abuf_get(u);
   if (b == NULL)
     return PX_ENOMEM;
-  SOCKET s =
-      WSASocketW(lh->family ? lh->family : AF_INET, SOCK_STREAM, IPPROTO_TCP,
-                 NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
-  if (s == INVALID_SOCKET) {
-    px__abuf_put(u, b);
-    return px__win_error(WSAGetLastError());
-  }
-  px__iop *io = px__iop_of(op);
-  op->off = (int64_t)s;
-  io->done = (uint64_t)(uintptr_t)b;
-  DWORD bytes = 0;
-  BOOL ok = u->accept_ex(l, s, b->addr, 0, PX__ADDR_LEN, PX__ADDR_LEN, &bytes,
-                         &io->ov);
-  int r = px__outcome(op, ok, ok ? 0 : (DWORD)WSAGetLastError(), lh->skip);
-  if (r < 0) {
+  /* A client that reset before the accept fails it at once too (MSDN):
+   * the next one is taken, as when its packet says so (px__accept_done),
+   * a bounded number of times in a row. */
+  for (int tries = 0;; tries++) {
+    SOCKET s =
+        WSASocketW(lh->family ? lh->family : AF_INET, SOCK_STREAM, IPPROTO_TCP,
+                   NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+    if (s == INVALID_SOCKET) {
+      px__abuf_put(u, b);
+      return px__win_error(WSAGetLastError());
+    }
+    px__iop *io = px__iop_of(op);
+    op->off = (int64_t)s;
+    io->done = (uint64_t)(uintptr_t)b;
+    DWORD bytes = 0;
+    BOOL ok = u->accept_ex(l, s, b->addr, 0, PX__ADDR_LEN, PX__ADDR_LEN, &bytes,
+                           &io->ov);
+    DWORD err = ok ? 0 : (DWORD)WSAGetLastError();
+    int r = px__outcome(op, ok, err, lh->skip);
+    if (r >= 0)
+      return r;
     closesocket(s);
-    px__abuf_put(u, b);
     op->off = PX_INVALID_FD;
+    if ((err != WSAECONNRESET && err != ERROR_NETNAME_DELETED) || tries == 16) {
+      px__abuf_put(u, b);
+      return r;
+    }
   }
-  return r;
 }
 
 static int px__connect_start(px__iocp *u, px_op *op, px__ih *h) {
