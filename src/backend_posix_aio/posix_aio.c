@@ -55,6 +55,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -320,8 +321,18 @@ static bool px__reads_to_the_end(int fd, const struct stat *st) {
   }
   struct sockaddr_storage ss;
   socklen_t len = sizeof(ss);
-  return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
-         (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0 ||
+      (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+    return false;
+#ifdef SO_PROTOCOL
+  /* TCP itself: an SCTP stream socket hands out one message per read. */
+  int proto = 0;
+  len = sizeof(proto);
+  return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
+         proto == IPPROTO_TCP;
+#else
+  return true;
+#endif
 }
 
 /* Whether a short read on fd means it was drained (see the notes on top);

@@ -295,7 +295,10 @@ static void px__timers_run(px_loop *loop) {
 
 /* Nanoseconds the backend may sleep: until the next timer, or no limit. */
 static int64_t px__poll_timeout(px_loop *loop, int64_t limit) {
-  if (loop->ready.head != NULL || loop->stop)
+  /* Not loop->stop: px__run looks at it before every wait, and a stop
+   * made outside px_run (a callback the program runs after px_wait) must
+   * not keep px_wait from blocking. */
+  if (loop->ready.head != NULL)
     return 0;
   px_op *top = px__heap_top(loop);
   if (top != NULL) {
@@ -551,8 +554,12 @@ static int px__run(px_loop *loop, px_run_mode mode) {
     bool block = mode == PX_RUN_DEFAULT || (mode == PX_RUN_ONCE && !ran);
     int r = px__iterate(loop, block ? -1 : 0, true);
     bool woken = loop->wake_asked;
-    loop->wake_asked = false;
-    loop->woken = false;
+    /* Only a blocking wait takes the program's wakeup: after NOWAIT, or
+     * ONCE with callbacks ready, it stays latched for the next one, which
+     * then does not block (woken). */
+    if (block)
+      loop->wake_asked = false;
+    loop->woken = loop->wake_asked;
     int n = (int)loop->direct_ran + px__dispatch(loop);
     if (r < 0)
       return r;
@@ -608,8 +615,10 @@ static int px__wait(px_loop *loop, px_op **out, int max, int timeout_ms) {
         loop->ready.tail = again.tail;
     }
     if (n > 0 || loop->wake_asked) {
-      loop->wake_asked = false;
-      loop->woken = false;
+      /* The program's wakeup is taken by a call that waited or that
+       * returns for it; ops ready on entry leave it for the next call. */
+      if (polled || n == 0)
+        loop->wake_asked = loop->woken = false;
       return n;
     }
     int64_t left = timeout_ms < 0 ? -1 : end - loop->now;

@@ -549,6 +549,20 @@ int pt_raw_send(px_fd fd, const void *buf, size_t len) {
   return (int)send((pt_sock)fd, buf, (int)len, 0);
 }
 
+int pt_linger_on(px_fd fd) {
+  struct linger lg;
+#ifdef _WIN32
+  int len = (int)sizeof(lg);
+  if (getsockopt((pt_sock)fd, SOL_SOCKET, SO_LINGER, (char *)&lg, &len) != 0)
+    return -1;
+#else
+  socklen_t len = sizeof(lg);
+  if (getsockopt((pt_sock)fd, SOL_SOCKET, SO_LINGER, &lg, &len) != 0)
+    return -1;
+#endif
+  return lg.l_onoff != 0;
+}
+
 int pt_raw_send_urgent(px_fd fd, const void *buf, size_t len) {
   return (int)send((pt_sock)fd, buf, (int)len, MSG_OOB);
 }

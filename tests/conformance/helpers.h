@@ -103,6 +103,8 @@ int pt_raw_send_with_descriptor(px_fd fd, const void *buf, size_t len);
 px_fd pt_sync_file(const char *path);
 /* Closes a handle of pt_sync_file. */
 void pt_sync_file_close(px_fd fd);
+/* 1 when the socket has SO_LINGER on, 0 when off, -1 on error. */
+int pt_linger_on(px_fd fd);
 /* Closes a raw socket no loop knows. */
 void pt_raw_close(px_fd fd);
 

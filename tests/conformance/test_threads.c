@@ -229,6 +229,32 @@ void wait_after_a_post_was_handed_back_waits_for_the_timer(void **state) {
   finish(loop);
 }
 
+/* A px_loop_wakeup is latched until a wait takes it: a px_run(NOWAIT)
+ * between it and the next px_wait does not. */
+void wakeup_latched_across_run_nowait_ends_the_next_wait(void **state) {
+  px_loop *loop = new_loop();
+  px_op t = {0};
+  rec tr = {0};
+  px_op *out[4];
+  (void)state;
+  assert_int_equal(px_timeout(loop, &t, 2000, rec_cb, &tr), 0);
+  assert_int_equal(px_wait(loop, out, 4, 0), 0); /* the loop is set up */
+  px_loop_wakeup(loop);
+  assert_int_equal(px_run(loop, PX_RUN_NOWAIT), 1);
+  uint64_t t0 = pt_now_ms();
+  int got = px_wait(loop, out, 4, -1);
+  if (got != 0)
+    fail_msg("px_wait gave %d after %d ms: the wakeup was lost", got,
+             (int)(pt_now_ms() - t0));
+  assert_int_equal(tr.calls, 0);
+  /* Taken: the next wait is for the timer. */
+  assert_int_equal(px_wait(loop, out, 4, -1), 1);
+  assert_ptr_equal(out[0], &t);
+  out[0]->cb(loop, out[0]);
+  assert_int_equal(tr.calls, 1);
+  finish(loop);
+}
+
 enum { POSTERS = 4, POSTS = 10000 };
 
 typedef struct poster {
