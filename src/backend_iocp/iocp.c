@@ -228,9 +228,9 @@ static int px__iocp_adopt(px_loop *loop, px_fd fd) {
     DWORD e = GetLastError();
     if (e != ERROR_INVALID_PARAMETER)
       return px__win_error(e);
-    /* A handle for synchronous I/O or a console can have no port; any
+    /* A handle for synchronous I/O (a console too) can have no port; any
      * other is tied to another loop's already. */
-    return kind == PX__H_CHAR || px__win_synchronous(fd) ? PX_EINVAL : PX_EBUSY;
+    return px__win_synchronous(fd) ? PX_EINVAL : PX_EBUSY;
   }
   px__ih *h = px__ih_make(u, fd);
   if (h == NULL)

@@ -567,13 +567,18 @@ int px__aio_notify_fd(const px__pa *pa) {
  * (its accepts would fail with EMFILE otherwise). */
 static atomic_uint px__lanes_open;
 
-static bool px__lane_budget_left(void) {
+/* Takes one from the budget (before the dup: loops on other threads may
+ * be asking at the same time); false when none is left. */
+static bool px__lane_reserve(void) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
     return false;
-  if (rl.rlim_cur == RLIM_INFINITY)
-    return true;
-  return atomic_load(&px__lanes_open) < rl.rlim_cur / 4;
+  unsigned n = atomic_load(&px__lanes_open);
+  do {
+    if (rl.rlim_cur != RLIM_INFINITY && n >= rl.rlim_cur / 4)
+      return false;
+  } while (!atomic_compare_exchange_weak(&px__lanes_open, &n, n + 1));
+  return true;
 }
 
 /* A lane of fd with no request on it (made if needed), or -1 when all
@@ -599,12 +604,13 @@ static int px__lane_pick(px__pfd *f, int fd, uint8_t *lane) {
       return l->fd[i];
     }
   }
-  if (l->n == PX__LANES || !px__lane_budget_left())
+  if (l->n == PX__LANES || !px__lane_reserve())
     return -1;
   int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (d < 0)
+  if (d < 0) {
+    atomic_fetch_sub(&px__lanes_open, 1);
     return -1;
-  atomic_fetch_add(&px__lanes_open, 1);
+  }
   l->fd[l->n] = d;
   l->busy[l->n] = 0;
   *lane = l->n++;

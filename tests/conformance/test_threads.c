@@ -255,6 +255,33 @@ void wakeup_latched_across_run_nowait_ends_the_next_wait(void **state) {
   finish(loop);
 }
 
+/* ... nor does a px_run(ONCE) that runs callbacks ready on entry (it does
+ * not wait): the next px_run(ONCE) returns at once. */
+void wakeup_latched_across_run_once_with_callbacks_ready(void **state) {
+  px_loop *loop = new_loop();
+  px_op a = {0}, b = {0}, t = {0}, c = {0};
+  rec ar = {0}, br = {0}, tr = {0}, cr = {0};
+  px_op *out[4];
+  (void)state;
+  assert_int_equal(px_timeout(loop, &t, 2000, rec_cb, &tr), 0);
+  assert_int_equal(px_nop(loop, &a, rec_cb, &ar), 0);
+  assert_int_equal(px_nop(loop, &b, rec_cb, &br), 0);
+  assert_int_equal(px_wait(loop, out, 1, -1), 1); /* a; b stays ready */
+  out[0]->cb(loop, out[0]);
+  px_loop_wakeup(loop);
+  assert_int_equal(px_run(loop, PX_RUN_ONCE), 1); /* b, ready on entry */
+  assert_int_equal(br.calls, 1);
+  uint64_t t0 = pt_now_ms();
+  int r = px_run(loop, PX_RUN_ONCE);
+  if (pt_now_ms() - t0 > 1000 || tr.calls != 0)
+    fail_msg("px_run(ONCE) ran %d ms, to the timer: the wakeup was lost",
+             (int)(pt_now_ms() - t0));
+  assert_int_equal(r, 1);
+  assert_int_equal(px_cancel(loop, &c, &t, rec_cb, &cr), 0);
+  RUN_UNTIL(loop, tr.calls == 1 && cr.calls == 1, 2000);
+  finish(loop);
+}
+
 enum { POSTERS = 4, POSTS = 10000 };
 
 typedef struct poster {

@@ -81,6 +81,10 @@ static int child(void *arg) {
   /* One round of the acceptor's accepts per backoff, and a margin. */
   if (st.failed == 0 || st.failed > 4 * 4 * (WINDOW_MS / BACKOFF_MS))
     return 6;
+  /* ... and it does retry: a few rounds in the window at least, or a
+   * listener out of descriptors once would never accept again. */
+  if (st.failed < 4 * 3)
+    return 9;
   if (st.last_error != c->expect)
     return 7;
   if (st.accepted != 0)
