@@ -299,10 +299,16 @@ int px_pipe(px_loop *loop, px_fd out[2]) {
   static volatile LONG counter;
   if (loop == NULL || out == NULL)
     return PX_EINVAL;
-  char name[96];
-  snprintf(name, sizeof(name), "\\\\.\\pipe\\px-%lu-%ld",
+  /* Not guessable by another local process, which could otherwise open
+   * the one instance first and make px_pipe fail (ERROR_PIPE_BUSY): the
+   * performance counter and a stack address join the pid and counter. */
+  char name[128];
+  LARGE_INTEGER now;
+  QueryPerformanceCounter(&now);
+  snprintf(name, sizeof(name), "\\\\.\\pipe\\px-%lu-%ld-%llx-%p",
            (unsigned long)GetCurrentProcessId(),
-           (long)InterlockedIncrement(&counter));
+           (long)InterlockedIncrement(&counter),
+           (unsigned long long)now.QuadPart, (void *)&now);
   HANDLE r = CreateNamedPipeA(name,
                               PIPE_ACCESS_INBOUND | FILE_FLAG_OVERLAPPED |
                                   FILE_FLAG_FIRST_PIPE_INSTANCE,
