@@ -823,14 +823,17 @@ static void px__lane_wait_cancel(px__pfd *f, px__fifo *now) {
 int32_t px__aio_cancel(px_loop *loop, px__pa *pa, px_op *op) {
   px__aio *a = pa->aio;
   px__fifo now = {0};
+  /* The phase is read under mu, where the thread writes it (an op waiting
+   * for a lane is the loop's alone, but a C11 race is a race). */
+  pthread_mutex_lock(&a->mu);
   if (px__pa_op(op)->phase == PX__PH_LANE) {
+    pthread_mutex_unlock(&a->mu);
     px__fifo_remove(&px__pa_fd(pa, (int)op->fd)->lanes->wait, op);
     px__pa_op(op)->res = PX_ECANCELED;
     px__fifo_push(&now, op);
     px__complete_now(loop, pa, &now);
     return 0;
   }
-  pthread_mutex_lock(&a->mu);
   int32_t r = px__mark(a, op, &now);
   px__nudge(a);
   pthread_mutex_unlock(&a->mu);
