@@ -294,10 +294,10 @@ void px__fdtab_free(px_loop *loop);
 px_fd px__fd_at(size_t index); /* the handle of loop->fds[index] */
 
 /* timer.c */
-/* Room for one more timer (PX_ENOMEM if none can be made); a push after
- * it cannot fail. */
+/* Room for one more timer (PX_ENOMEM if none can be made), which the push
+ * after it takes: asked before an op's fields are filled. */
 int px__heap_room(px_loop *loop);
-int px__heap_push(px_loop *loop, px_op *op);
+void px__heap_push(px_loop *loop, px_op *op);
 void px__heap_remove(px_loop *loop, px_op *op);
 px_op *px__heap_top(const px_loop *loop);
 void px__heap_free(px_loop *loop);

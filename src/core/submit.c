@@ -61,25 +61,19 @@ static int px__deadline_ok(const px_op *op, unsigned kind) {
   return (op->flags & PX__F_DL_SET) && !px__kind_has_fd(kind) ? PX_EINVAL : 0;
 }
 
-/* Accepts op: arms its deadline and counts it.  No way back after this. */
-static int px__accept(px_loop *loop, px_op *op, uint16_t flags) {
+/* Accepts op: arms its deadline (px__fill made room in the heap) and
+ * counts it.  No way back after this. */
+static void px__accept(px_loop *loop, px_op *op, uint16_t flags) {
   if (op->flags & PX__F_DL_SET) {
     int64_t ms = op->when, now = px__now_ns();
     /* Saturate: a deadline centuries away is no deadline, not overflow. */
-    int64_t when =
+    op->when =
         ms > (INT64_MAX - now) / 1000000 ? INT64_MAX : now + ms * 1000000;
-    int64_t saved = op->when;
-    op->when = when;
-    int r = px__heap_push(loop, op);
-    if (r < 0) {
-      op->when = saved;
-      return r;
-    }
+    px__heap_push(loop, op);
     flags |= PX__F_DEADLINE;
   }
   op->flags = flags;
   loop->stats.submitted++;
-  return 0;
 }
 
 /* Routes an accepted op: a stream op waits behind its handle's busy
@@ -139,9 +133,7 @@ static int px__io(px_loop *loop, px_op *op, unsigned kind, px_fd fd, void *buf,
   op->buf = buf;
   op->len = (uint32_t)(len > PX__MAX_IO ? PX__MAX_IO : len);
   op->off = e->stream ? PX_CUR : off;
-  r = px__accept(loop, op, flags);
-  if (r < 0)
-    return r;
+  px__accept(loop, op, flags);
   return px__route(loop, op, e);
 }
 
@@ -211,11 +203,8 @@ int px_recv_pooled_ex(px_loop *loop, px_op *op, px_fd fd, px_bufpool *pool,
   op->off = 0;
   if (multi)
     op->when = 0; /* no deliveries waiting */
-  r = px__accept(
-      loop, op,
-      (uint16_t)(PX__F_STREAM | PX__F_KIND | (multi ? PX__F_MULTI : 0)));
-  if (r < 0)
-    return r;
+  px__accept(loop, op,
+             (uint16_t)(PX__F_STREAM | PX__F_KIND | (multi ? PX__F_MULTI : 0)));
   pool->ops++; /* until its last completion is popped */
   if (!e->stream) {
     /* A regular file: recv() answers ENOTSOCK.  Said here, on every
@@ -268,9 +257,7 @@ static int px__handle_op(px_loop *loop, px_op *op, unsigned kind, px_fd fd,
   op->buf = arg;
   op->len = 0;
   op->off = kind == PX__OP_ACCEPT ? PX_INVALID_FD : 0;
-  r = px__accept(loop, op, flags);
-  if (r < 0)
-    return r;
+  px__accept(loop, op, flags);
   return px__route(loop, op, e);
 }
 
@@ -315,9 +302,7 @@ int px_close(px_loop *loop, px_op *op, px_fd fd, px_cb cb, void *data) {
     return r;
   op->buf = NULL;
   op->len = 0;
-  r = px__accept(loop, op, 0);
-  if (r < 0)
-    return r;
+  px__accept(loop, op, 0);
   op->state = PX__CLOSING;
   e->closing = op;
   px__cancel_queue(loop, &e->waiting[0]);
@@ -341,9 +326,7 @@ int px_timeout(px_loop *loop, px_op *op, uint64_t ms, px_cb cb, void *data) {
   op->len = loop->timer_seq++;
   op->when = px__now_ns() + (int64_t)ms * 1000000;
   op->flags = 0;
-  r = px__heap_push(loop, op);
-  if (r < 0)
-    return r;
+  px__heap_push(loop, op); /* px__fill made room */
   op->state = PX__TIMER;
   loop->stats.submitted++;
   return 0;
@@ -358,9 +341,7 @@ int px_nop(px_loop *loop, px_op *op, px_cb cb, void *data) {
   r = px__fill(loop, op, PX__OP_NOP, PX_INVALID_FD, cb, data);
   if (r < 0)
     return r;
-  r = px__accept(loop, op, 0);
-  if (r < 0)
-    return r;
+  px__accept(loop, op, 0);
   px__start(loop, op, NULL);
   return 0;
 }
@@ -421,9 +402,7 @@ int px_cancel(px_loop *loop, px_op *op, px_op *target, px_cb cb, void *data) {
   if (r < 0)
     return r;
   op->buf = target;
-  r = px__accept(loop, op, 0);
-  if (r < 0)
-    return r;
+  px__accept(loop, op, 0);
   int32_t res = px__cancel_target(loop, op, target);
   if (res <= 0)
     px__ready_push(loop, op, res);

@@ -65,13 +65,9 @@ int px__heap_room(px_loop *loop) {
   return 0;
 }
 
-int px__heap_push(px_loop *loop, px_op *op) {
-  int r = px__heap_room(loop);
-  if (r < 0)
-    return r;
+void px__heap_push(px_loop *loop, px_op *op) {
   loop->heap[loop->heap_len] = op;
   px__sift_up(loop, loop->heap_len++);
-  return 0;
 }
 
 void px__heap_remove(px_loop *loop, px_op *op) {
